@@ -1,0 +1,76 @@
+//! The endpoints: which path and method go where. Completions and
+//! embeddings go through the pipeline; health, readiness and the model list
+//! are answered here.
+
+use super::request::Endpoint;
+use super::GatewayError;
+use crate::http::head::Method;
+use crate::http::io::write_all_clear;
+use crate::http::response;
+use crate::http::server::{reply_error, ClientIo, Outcome, Request};
+use crate::runtime::worker::Worker;
+use std::rc::Rc;
+
+pub async fn handle(worker: &Rc<Worker>, io: &mut ClientIo, req: &Request<'_>) -> Outcome {
+    let method = req.head.method;
+    let (endpoint, allow) = match req.path() {
+        b"/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
+        b"/v1/completions" => (Some(Endpoint::Completions), "POST"),
+        b"/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
+        b"/v1/models" | b"/health" | b"/ready" => (None, "GET"),
+        path => {
+            let err = GatewayError::UnknownPath {
+                method: method_name(req),
+                path: String::from_utf8_lossy(path).into_owned(),
+            };
+            return reply_error(worker, io, &err, req.keep_alive).await;
+        }
+    };
+    let wanted = if endpoint.is_some() {
+        Method::Post
+    } else {
+        Method::Get
+    };
+    if method != wanted {
+        let err = GatewayError::MethodNotAllowed {
+            method: method_name(req),
+            path: String::from_utf8_lossy(req.path()).into_owned(),
+            allow,
+        };
+        return reply_error(worker, io, &err, req.keep_alive).await;
+    }
+    if let Some(endpoint) = endpoint {
+        return crate::pipeline::run(worker, io, req, endpoint).await;
+    }
+    let (status, body): (u16, &[u8]) = match req.path() {
+        b"/health" => (200, br#"{"status":"ok"}"#),
+        b"/ready" if worker.is_draining() => (503, br#"{"status":"draining"}"#),
+        b"/ready" => (200, br#"{"status":"ready"}"#),
+        _ => (200, &worker.snapshot.models_json),
+    };
+    local_json(io, req, status, body).await
+}
+
+/// Writes a JSON answer produced by sluice itself.
+pub async fn local_json(io: &mut ClientIo, req: &Request<'_>, status: u16, body: &[u8]) -> Outcome {
+    io.wbuf.clear();
+    response::json(
+        &mut io.wbuf,
+        status,
+        &io.request_id,
+        req.keep_alive,
+        &[],
+        body,
+    );
+    let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();
+    Outcome {
+        status,
+        keep_alive: req.keep_alive && written,
+    }
+}
+
+fn method_name(req: &Request<'_>) -> String {
+    let raw = req.raw;
+    let end = memchr::memchr(b' ', raw).unwrap_or(0).min(16);
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}

@@ -1,0 +1,126 @@
+//! The one place where errors become answers: each module's error enum
+//! converts into `GatewayError`, which knows its HTTP status, OpenAI error
+//! type and code, and the metrics reason it is counted under.
+
+use crate::http::HttpError;
+use crate::upstream::UpstreamError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the request head was not received within {0} ms")]
+    HeaderTimeout(u64),
+    #[error("the request body was not received within {0} ms")]
+    BodyTimeout(u64),
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("you must provide a '{0}' parameter")]
+    MissingField(&'static str),
+    #[error("'{0}' must be {1}")]
+    InvalidField(&'static str, &'static str),
+    #[error("The model '{0}' does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("Invalid URL ({method} {path})")]
+    UnknownPath { method: String, path: String },
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("sluice is shutting down; retry on another node")]
+    Draining,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// How an error is presented: status, OpenAI type, code, param, and the
+/// reason label it is counted under.
+pub struct ErrorShape {
+    pub status: u16,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub param: Option<&'static str>,
+    pub reason: &'static str,
+}
+
+impl GatewayError {
+    pub fn shape(&self) -> ErrorShape {
+        use GatewayError as E;
+        let (status, kind, code, reason) = match self {
+            E::Http(h) => match h {
+                HttpError::BodyTooLarge(_) => (413, INVALID, "request_too_large", "body_too_large"),
+                HttpError::HeadTooLarge => (431, INVALID, "headers_too_large", "head_too_large"),
+                HttpError::TooManyHeaders => (431, INVALID, "too_many_headers", "too_many_headers"),
+                HttpError::InvalidContentLength => (
+                    400,
+                    INVALID,
+                    "invalid_content_length",
+                    "invalid_content_length",
+                ),
+                HttpError::AmbiguousLength => {
+                    (400, INVALID, "ambiguous_length", "ambiguous_length")
+                }
+                HttpError::UnsupportedTransferEncoding => (
+                    501,
+                    INVALID,
+                    "unsupported_transfer_encoding",
+                    "unsupported_transfer_encoding",
+                ),
+                HttpError::InvalidChunk => (400, INVALID, "invalid_chunked_body", "invalid_chunk"),
+                HttpError::Version => (505, INVALID, "http_version_not_supported", "http_version"),
+                HttpError::Malformed(_) => (400, INVALID, "malformed_request", "malformed_head"),
+            },
+            E::HeaderTimeout(_) => (408, INVALID, "request_timeout", "header_timeout"),
+            E::BodyTimeout(_) => (408, INVALID, "request_timeout", "body_timeout"),
+            E::InvalidJson(_) => (400, INVALID, "invalid_json", "invalid_json"),
+            E::MissingField(_) => (400, INVALID, "missing_required_parameter", "missing_field"),
+            E::InvalidField(..) => (400, INVALID, "invalid_type", "invalid_field"),
+            E::ModelNotFound(_) => (404, INVALID, "model_not_found", "model_not_found"),
+            E::UnknownPath { .. } => (404, INVALID, "unknown_url", "unknown_path"),
+            E::MethodNotAllowed { .. } => {
+                (405, INVALID, "method_not_allowed", "method_not_allowed")
+            }
+            E::Draining => (503, SERVER, "server_shutting_down", "draining"),
+            E::Upstream(u) => match u {
+                UpstreamError::Connect(..) => {
+                    (502, SERVER, "upstream_unavailable", "upstream_connect")
+                }
+                UpstreamError::FirstByteTimeout(_) | UpstreamError::TotalTimeout(_) => {
+                    (504, SERVER, "upstream_timeout", "upstream_timeout")
+                }
+                UpstreamError::Protocol(_) | UpstreamError::Io(_) | UpstreamError::TooLarge(_) => {
+                    (502, SERVER, "bad_upstream_response", "upstream_protocol")
+                }
+            },
+        };
+        let param = match self {
+            E::MissingField(p) | E::InvalidField(p, _) => Some(*p),
+            E::ModelNotFound(_) => Some("model"),
+            _ => None,
+        };
+        ErrorShape {
+            status,
+            kind,
+            code,
+            param,
+            reason,
+        }
+    }
+
+    /// The OpenAI error JSON body for this error.
+    pub fn body(&self) -> Vec<u8> {
+        let shape = self.shape();
+        crate::http::response::error_json(
+            &self.to_string(),
+            shape.kind,
+            Some(shape.code),
+            shape.param,
+        )
+    }
+}
+
+const INVALID: &str = "invalid_request_error";
+const SERVER: &str = "api_error";

@@ -1,0 +1,149 @@
+//! Byte-level JSON helpers for bodies that simd-json has already validated:
+//! find a top-level member's value without building a tree, and splice a
+//! replacement in, so a forwarded body keeps every other byte as sent.
+
+use std::ops::Range;
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of the string starting with the quote at `i`.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the value starting at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// Byte range of the value of top-level member `key` in a JSON object.
+/// Keys are compared as written (sluice's keys need no escapes).
+pub fn member_range(body: &[u8], key: &str) -> Option<Range<usize>> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(body, i);
+        if body.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(body, i)?;
+        let this_key = &body[i + 1..key_end - 1];
+        i = skip_ws(body, key_end);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(body, i + 1);
+        let value_end = skip_value(body, i)?;
+        if this_key == key.as_bytes() {
+            return Some(i..value_end);
+        }
+        i = skip_ws(body, value_end);
+        match body.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &c in s.as_bytes() {
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
+                out.push(b"0123456789abcdef"[usize::from(c & 15)]);
+            }
+            _ => out.push(c),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Appends `body` with the value at `range` replaced by `replacement`.
+pub fn splice(out: &mut Vec<u8>, body: &[u8], range: Range<usize>, replacement: &[u8]) {
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(replacement);
+    out.extend_from_slice(&body[range.end..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_top_level_members_only() {
+        let body = br#" { "messages": [{"model": "inner", "content": "a \" } model"}], "model" : "outer", "n": 2 } "#;
+        let r = member_range(body, "model").unwrap();
+        assert_eq!(&body[r], br#""outer""#);
+        let r = member_range(body, "n").unwrap();
+        assert_eq!(&body[r], b"2");
+        assert!(member_range(body, "stream").is_none());
+    }
+
+    #[test]
+    fn splices_a_new_model() {
+        let body = br#"{"model":"alias","stream":true}"#;
+        let mut out = Vec::new();
+        let mut lit = Vec::new();
+        push_string(&mut lit, "org/Model \"x\"");
+        splice(&mut out, body, member_range(body, "model").unwrap(), &lit);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "org/Model \"x\"");
+        assert_eq!(v["stream"], true);
+    }
+}

@@ -1,0 +1,127 @@
+//! The request view: the few fields of an OpenAI request body that sluice's
+//! policies read, parsed with simd-json from a scratch copy (simd-json
+//! parses in place) so the original bytes stay untouched for forwarding.
+
+use super::GatewayError;
+use serde::Deserialize;
+
+/// Which OpenAI endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a str>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// What the pipeline needs to know of a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// Index of the requested model in the snapshot.
+    pub model: usize,
+    pub stream: bool,
+}
+
+/// Reused parse buffers of one worker.
+#[derive(Default)]
+pub struct ParseScratch {
+    copy: Vec<u8>,
+    buffers: Option<simd_json::Buffers>,
+}
+
+impl ParseScratch {
+    /// Parses `body`, resolving the model name with `lookup`.
+    pub fn facts(
+        &mut self,
+        body: &[u8],
+        lookup: impl FnOnce(&str) -> Option<usize>,
+    ) -> Result<RequestFacts, GatewayError> {
+        if body.is_empty() {
+            return Err(GatewayError::InvalidJson("the body is empty".into()));
+        }
+        self.copy.clear();
+        self.copy.extend_from_slice(body);
+        let buffers = self
+            .buffers
+            .get_or_insert_with(|| simd_json::Buffers::new(body.len()));
+        let view: View<'_> = simd_json::serde::from_slice_with_buffers(&mut self.copy, buffers)
+            .map_err(|e| GatewayError::InvalidJson(describe(&e)))?;
+        let name = view.model.ok_or(GatewayError::MissingField("model"))?;
+        let model = lookup(name).ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
+        Ok(RequestFacts {
+            model,
+            stream: view.stream.unwrap_or(false),
+        })
+    }
+}
+
+fn describe(e: &simd_json::Error) -> String {
+    use simd_json::ErrorType;
+    match e.error() {
+        ErrorType::InvalidUtf8 => "the body is not valid UTF-8".into(),
+        ErrorType::ExpectedMap => "the body must be a JSON object".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
+        ParseScratch::default().facts(body, |m| (m == "m1").then_some(7))
+    }
+
+    #[test]
+    fn reads_model_and_stream() {
+        let f = facts(
+            br#"{"messages":[{"role":"user","content":"hi \"m2\""}],"model":"m1","stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            RequestFacts {
+                model: 7,
+                stream: true
+            }
+        );
+    }
+
+    #[test]
+    fn classifies_bad_bodies() {
+        assert!(matches!(
+            facts(b"{\"model\":"),
+            Err(GatewayError::InvalidJson(_))
+        ));
+        assert!(matches!(facts(b"[1]"), Err(GatewayError::InvalidJson(_))));
+        assert!(matches!(
+            facts(b"{}"),
+            Err(GatewayError::MissingField("model"))
+        ));
+        assert!(matches!(
+            facts(br#"{"model":"nope"}"#),
+            Err(GatewayError::ModelNotFound(_))
+        ));
+        assert!(matches!(
+            facts(b"{\"model\":\"m\xff1\"}"),
+            Err(GatewayError::InvalidJson(_))
+        ));
+    }
+}

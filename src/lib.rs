@@ -1,0 +1,12 @@
+//! sluice: an AI gateway appliance. A thread-per-core, io_uring,
+//! OpenAI-compatible proxy in front of self-hosted model servers.
+//! See docs/architecture.md for the modules and a request's way through.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod mock;
+pub mod pipeline;
+pub mod runtime;
+pub mod upstream;

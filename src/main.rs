@@ -1,0 +1,232 @@
+//! The `sluice` command: serve, demo, check-config, hash-key, mock-upstream.
+
+use clap::{Parser, Subcommand};
+use sluice::config::{self, snapshot::Snapshot};
+use sluice::mock::MockDefaults;
+use sluice::runtime::{signals, Gateway};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "An AI gateway appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway on its embedded default, in front of a built-in mock model server.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_listen: SocketAddr,
+    },
+    /// Validate a configuration file (the whole schema) and exit.
+    CheckConfig { file: PathBuf },
+    /// Print the SHA-256 of an API key secret, for `[[keys]].sha256`.
+    HashKey { secret: String },
+    /// Run the mock OpenAI-compatible model server used by demos and tests.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: SocketAddr,
+        /// fixed | error | reset | hang | echo (a request's x-mock-mode header overrides it)
+        #[arg(long, default_value = "fixed")]
+        mode: String,
+        /// SSE events per streamed answer (x-mock-chunks)
+        #[arg(long, default_value_t = 5)]
+        chunks: usize,
+        /// Delay between events in ms (x-mock-delay-ms)
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Delay before the first event or answer in ms (x-mock-first-delay-ms)
+        #[arg(long, default_value_t = 0)]
+        first_delay_ms: u64,
+        /// Status for error mode (x-mock-status)
+        #[arg(long, default_value_t = 500)]
+        status: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Demo {
+            listen,
+            metrics_listen,
+        } => demo(listen, metrics_listen),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::HashKey { secret } => {
+            use sha2::{Digest, Sha256};
+            println!("{}", hex::encode(Sha256::digest(secret.as_bytes())));
+            Ok(())
+        }
+        Command::MockUpstream {
+            listen,
+            mode,
+            chunks,
+            delay_ms,
+            first_delay_ms,
+            status,
+        } => {
+            let defaults = MockDefaults {
+                mode,
+                chunks,
+                delay_ms,
+                first_delay_ms,
+                status,
+                ..MockDefaults::default()
+            };
+            sluice::mock::run(listen, defaults)
+                .map_err(|e| format!("mock upstream on {listen}: {e}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sluice: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SLUICE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    let cfg = config::load_file(file).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok ({} upstreams, {} models, {} teams, {} keys)",
+        file.display(),
+        cfg.upstreams.len(),
+        cfg.models.len(),
+        cfg.teams.len(),
+        cfg.keys.len()
+    );
+    let missing = config::snapshot::not_built(&cfg);
+    if !missing.is_empty() {
+        println!(
+            "note: `sluice serve` of this build refuses: {}",
+            missing.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn serve(file: &std::path::Path) -> Result<(), String> {
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let base = file.parent().unwrap_or(std::path::Path::new("."));
+    let cfg = config::parse_str(&source, base).map_err(|e| format!("{}: {e}", file.display()))?;
+    let snapshot =
+        Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", file.display()))?;
+    run_gateway(snapshot)
+}
+
+/// The embedded default: one model and one embedding model on an
+/// in-process mock model server.
+const DEMO_CONFIG: &str = r#"
+[server]
+listen = "LISTEN"
+workers = 0
+pin_cores = false
+io = "auto"
+
+[metrics]
+listen = "METRICS"
+
+[[upstreams]]
+name = "mock-gpu"
+url = "http://MOCK"
+region = "eu"
+
+[[models]]
+name = "llama-3.1-8b"
+upstream_model = "meta-llama/Llama-3.1-8B-Instruct"
+targets = [{ upstream = "mock-gpu" }]
+
+[[models]]
+name = "embed-small"
+targets = [{ upstream = "mock-gpu" }]
+"#;
+
+fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
+    let (mock, _) = sluice::mock::spawn(
+        "127.0.0.1:0".parse().expect("literal address"),
+        MockDefaults::default(),
+    )
+    .map_err(|e| format!("cannot start the mock model server: {e}"))?;
+    let source = DEMO_CONFIG
+        .replace("LISTEN", &listen.to_string())
+        .replace("METRICS", &metrics_listen.to_string())
+        .replace("MOCK", &mock.to_string());
+    let cfg = config::parse_str(&source, std::path::Path::new(".")).map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::build(&cfg, &source).map_err(|e| e.to_string())?;
+    println!("sluice demo: gateway on http://{listen}, metrics on http://{metrics_listen}/metrics, mock model server on {mock}");
+    println!("Try:");
+    println!(
+        "  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \\"
+    );
+    println!("    -d '{{\"model\":\"llama-3.1-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
+    println!(
+        "  curl -sN http://{listen}/v1/chat/completions -H 'content-type: application/json' \\"
+    );
+    println!("    -d '{{\"model\":\"llama-3.1-8b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
+    println!("API keys come with the [auth]/[[keys]] feature, not built yet: this demo accepts any caller,");
+    println!(
+        "so an SDK's key (e.g. OPENAI_API_KEY=sk-sluice-demo) is accepted and never sent upstream."
+    );
+    run_gateway(snapshot)
+}
+
+fn run_gateway(snapshot: Snapshot) -> Result<(), String> {
+    signals::block_shutdown_signals();
+    let snapshot = Arc::new(snapshot);
+    if let Some(addr) = snapshot.metrics_listen {
+        let handle = sluice::metrics::install();
+        sluice::metrics::serve(addr, handle)
+            .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
+    } else {
+        sluice::metrics::install();
+    }
+    let mut gateway = Gateway::start(snapshot.clone()).map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen = %snapshot.server.listen,
+        workers = gateway.drivers.len(),
+        drivers = ?gateway.drivers,
+        config_sha256 = %snapshot.config_hash,
+        "sluice ready"
+    );
+    let signal = signals::wait_for_shutdown_signal();
+    tracing::info!(
+        signal,
+        drain_timeout_ms = snapshot.server.drain_timeout.as_millis() as u64,
+        "shutdown requested"
+    );
+    gateway.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Every metric sluice exports, named in one place, and the per-worker cache
+//! of metric handles: the request path increments handles it already holds
+//! (atomics), so it never looks a metric up in the shared registry.
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+pub const REQUESTS_TOTAL: &str = "sluice_requests_total";
+pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
+pub const TIME_TO_FIRST_TOKEN: &str = "sluice_gen_ai_time_to_first_token_seconds";
+pub const TOKENS_TOTAL: &str = "sluice_gen_ai_tokens_total";
+pub const OVERHEAD: &str = "sluice_overhead_seconds";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "sluice_upstream_requests_total";
+pub const CLIENT_ERRORS_TOTAL: &str = "sluice_client_errors_total";
+pub const CLIENT_DISCONNECTS_TOTAL: &str = "sluice_client_disconnects_total";
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "sluice_connections_accepted_total";
+pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
+pub const WORKER_INFO: &str = "sluice_worker_info";
+pub const DRAINING: &str = "sluice_draining";
+
+/// Label value for requests that never named a configured model.
+pub const NO_MODEL: &str = "none";
+
+/// Installs the Prometheus recorder (once per process) and returns the
+/// handle that renders the exposition text.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 120.0, 300.0,
+            ];
+            let overhead = [
+                0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                0.005, 0.01, 0.05,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &latency)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(TIME_TO_FIRST_TOKEN.into()), &latency)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OVERHEAD.into()), &overhead))
+                .expect("static bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Several test servers in one process share the first recorder.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by model and HTTP status."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request head to last response byte."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Streams: time from request head to the first event relayed."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens reported by upstream usage, by model and type (input|output)."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "Time spent inside sluice per request, upstream time excluded."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Upstream attempts by upstream and outcome."
+    );
+    describe_counter!(
+        CLIENT_ERRORS_TOTAL,
+        "Requests refused for bad input, by reason."
+    );
+    describe_counter!(
+        CLIENT_DISCONNECTS_TOTAL,
+        "Clients that went away before their answer was complete, by stage."
+    );
+    describe_counter!(CONNECTIONS_ACCEPTED_TOTAL, "Client connections accepted.");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open.");
+    describe_gauge!(
+        WORKER_INFO,
+        "One series per worker thread, labelled with its CPU and I/O driver."
+    );
+    describe_gauge!(DRAINING, "1 while the gateway drains for shutdown.");
+}
+
+/// Per-worker handle cache, keyed by the indexes of the snapshot's models
+/// and upstreams so that label strings are built once.
+#[derive(Default)]
+pub struct WorkerMetrics {
+    requests: RefCell<HashMap<(u32, u16), Counter>>,
+    durations: RefCell<HashMap<u32, (Histogram, Histogram)>>,
+    tokens: RefCell<HashMap<u32, (Counter, Counter)>>,
+    upstream: RefCell<HashMap<(u32, &'static str), Counter>>,
+    client_errors: RefCell<HashMap<&'static str, Counter>>,
+    disconnects: RefCell<HashMap<&'static str, Counter>>,
+    overhead: RefCell<Option<Histogram>>,
+}
+
+impl WorkerMetrics {
+    /// Records one finished request. `model` is the label; `model_key`
+    /// its stable index (u32::MAX for no model).
+    pub fn request(&self, model_key: u32, model: &str, status: u16, seconds: f64) {
+        self.requests
+            .borrow_mut()
+            .entry((model_key, status))
+            .or_insert_with(|| {
+                counter!(REQUESTS_TOTAL, "model" => model.to_owned(), "status" => status.to_string())
+            })
+            .increment(1);
+        self.with_durations(model_key, model, |d| d.0.record(seconds));
+    }
+
+    pub fn time_to_first_token(&self, model_key: u32, model: &str, seconds: f64) {
+        self.with_durations(model_key, model, |d| d.1.record(seconds));
+    }
+
+    fn with_durations(&self, model_key: u32, model: &str, f: impl FnOnce(&(Histogram, Histogram))) {
+        let mut map = self.durations.borrow_mut();
+        let entry = map.entry(model_key).or_insert_with(|| {
+            (
+                histogram!(REQUEST_DURATION, "model" => model.to_owned()),
+                histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned()),
+            )
+        });
+        f(entry);
+    }
+
+    pub fn tokens(&self, model_key: u32, model: &str, input: u64, output: u64) {
+        let mut map = self.tokens.borrow_mut();
+        let (i, o) = map.entry(model_key).or_insert_with(|| {
+            (
+                counter!(TOKENS_TOTAL, "model" => model.to_owned(), "type" => "input"),
+                counter!(TOKENS_TOTAL, "model" => model.to_owned(), "type" => "output"),
+            )
+        });
+        i.increment(input);
+        o.increment(output);
+    }
+
+    pub fn upstream(&self, upstream_key: u32, upstream: &str, outcome: &'static str) {
+        self.upstream
+            .borrow_mut()
+            .entry((upstream_key, outcome))
+            .or_insert_with(|| {
+                counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => upstream.to_owned(), "outcome" => outcome)
+            })
+            .increment(1);
+    }
+
+    pub fn client_error(&self, reason: &'static str) {
+        Self::bump(&self.client_errors, CLIENT_ERRORS_TOTAL, "reason", reason);
+    }
+
+    pub fn client_disconnect(&self, stage: &'static str) {
+        Self::bump(&self.disconnects, CLIENT_DISCONNECTS_TOTAL, "stage", stage);
+    }
+
+    fn bump(
+        map: &RefCell<HashMap<&'static str, Counter>>,
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) {
+        map.borrow_mut()
+            .entry(value)
+            .or_insert_with(|| counter!(name, label => value))
+            .increment(1);
+    }
+
+    pub fn overhead(&self, seconds: f64) {
+        self.overhead
+            .borrow_mut()
+            .get_or_insert_with(|| histogram!(OVERHEAD))
+            .record(seconds);
+    }
+}
+
+pub fn connection_opened() {
+    counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(1);
+    gauge!(CONNECTIONS_ACTIVE).increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!(CONNECTIONS_ACTIVE).decrement(1.0);
+}
+
+pub fn worker_started(worker: usize, cpu: Option<usize>, driver: &'static str) {
+    let cpu = cpu.map_or_else(|| "any".to_owned(), |c| c.to_string());
+    gauge!(WORKER_INFO, "worker" => worker.to_string(), "cpu" => cpu, "driver" => driver).set(1.0);
+}
+
+pub fn set_draining(on: bool) {
+    gauge!(DRAINING).set(if on { 1.0 } else { 0.0 });
+}
+
+/// Serves `GET /metrics` on its own thread with blocking I/O: scrapes are
+/// rare and must never compete with the workers' rings.
+pub fn serve(
+    addr: std::net::SocketAddr,
+    handle: PrometheusHandle,
+) -> std::io::Result<std::net::SocketAddr> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("sluice-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut head = Vec::with_capacity(1024);
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (status, ctype, body) =
+                    if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                        (
+                            200,
+                            "text/plain; version=0.0.4",
+                            handle.render().into_bytes(),
+                        )
+                    } else {
+                        (
+                            404,
+                            "application/json",
+                            crate::http::response::error_json(
+                                "only GET /metrics is served here",
+                                "invalid_request_error",
+                                Some("unknown_url"),
+                                None,
+                            ),
+                        )
+                    };
+                let mut out = Vec::with_capacity(body.len() + 128);
+                crate::http::response::status_line(&mut out, status);
+                crate::http::response::header(&mut out, b"content-type", ctype.as_bytes());
+                crate::http::response::header(
+                    &mut out,
+                    b"content-length",
+                    body.len().to_string().as_bytes(),
+                );
+                out.extend_from_slice(b"connection: close\r\n\r\n");
+                out.extend_from_slice(&body);
+                let _ = stream.write_all(&out);
+            }
+        })?;
+    Ok(bound)
+}

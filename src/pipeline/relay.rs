@@ -1,0 +1,453 @@
+//! Forwarding one request and relaying its answer: a whole JSON body for
+//! plain responses, or Server-Sent Events event by event as they arrive.
+//! Every wait on the upstream is raced against the client going away, so a
+//! client that disconnects closes the upstream connection (and with it the
+//! generation) at once.
+
+use crate::api::{json, GatewayError};
+use crate::http::body::{encode_chunk, LAST_CHUNK};
+use crate::http::head::{is_hop_by_hop, ResponseHead};
+use crate::http::io::write_all_clear;
+use crate::http::server::{reply_error, ClientIo, Outcome, Request};
+use crate::http::{response, sse};
+use crate::runtime::worker::Worker;
+use crate::upstream::client::{self, BodyReader};
+use crate::upstream::pool::UpstreamConn;
+use crate::upstream::{UpstreamError, UpstreamSpec};
+use monoio::net::TcpStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Largest non-streamed upstream body relayed (embeddings of big batches
+/// are the largest answers).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// An event longer than this is relayed before its end is seen.
+const MAX_PENDING_EVENT: usize = 1 << 20;
+/// Status recorded when the client left before its answer was complete.
+pub const CLIENT_CLOSED: u16 = 499;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// What the relay reports back to the pipeline for accounting.
+pub struct Relayed {
+    pub outcome: Outcome,
+    /// From writing the request upstream to the upstream's last byte.
+    pub upstream_time: Duration,
+    pub upstream_outcome: &'static str,
+    pub usage: Option<Usage>,
+    pub time_to_first_event: Option<Duration>,
+}
+
+enum Failure {
+    Upstream(UpstreamError),
+    ClientGone,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Self {
+        Failure::Upstream(e)
+    }
+}
+
+/// Resolves when the client has closed its side of the connection.
+/// Readiness plus a peek, so bytes of a pipelined next request are left
+/// in the socket.
+pub async fn client_gone(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local on the stream's own fd.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return,
+            n if n > 0 => std::future::pending::<()>().await,
+            _ => {
+                let err = std::io::Error::last_os_error().kind();
+                if err != std::io::ErrorKind::WouldBlock && err != std::io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub async fn forward(
+    worker: &Rc<Worker>,
+    io: &mut ClientIo,
+    req: &Request<'_>,
+    upstream: usize,
+) -> Relayed {
+    let spec = &worker.snapshot.upstreams[upstream];
+    let sent_at = Instant::now();
+    let total_deadline = sent_at + spec.total_timeout;
+    let first_deadline = (sent_at + spec.first_byte_timeout).min(total_deadline);
+
+    let connected = {
+        let attempt =
+            connect_and_send(worker, upstream, spec, &mut io.upstream_buf, first_deadline);
+        monoio::select! {
+            r = attempt => r.map_err(Failure::Upstream),
+            _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+        }
+    };
+    let (conn, head) = match connected {
+        Ok(c) => c,
+        Err(failure) => return fail_before_answer(worker, io, req, failure, sent_at).await,
+    };
+    let relay = Relay {
+        worker,
+        upstream,
+        spec,
+        sent_at,
+        total_deadline,
+        first_deadline,
+    };
+    if head.event_stream {
+        relay.stream_events(io, req, conn, head).await
+    } else {
+        relay.whole_body(io, req, conn, head).await
+    }
+}
+
+/// Takes a pooled connection and sends the request; a reused connection
+/// that fails before any response byte (the server closed it while idle)
+/// is replaced by a fresh one, once.
+async fn connect_and_send(
+    worker: &Worker,
+    upstream: usize,
+    spec: &UpstreamSpec,
+    request: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(UpstreamConn, ResponseHead), UpstreamError> {
+    let mut conn = worker.pools.acquire(upstream, spec).await?;
+    match client::send(&mut conn, request, deadline, &spec.name).await {
+        Ok(head) => Ok((conn, head)),
+        Err(UpstreamError::Io(_)) if conn.reused => {
+            drop(conn);
+            let mut conn = worker.pools.connect(upstream, spec).await?;
+            let head = client::send(&mut conn, request, deadline, &spec.name).await?;
+            Ok((conn, head))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn fail_before_answer(
+    worker: &Worker,
+    io: &mut ClientIo,
+    req: &Request<'_>,
+    failure: Failure,
+    sent_at: Instant,
+) -> Relayed {
+    let upstream_time = sent_at.elapsed();
+    match failure {
+        Failure::ClientGone => {
+            worker.metrics.client_disconnect("waiting_for_upstream");
+            Relayed {
+                outcome: Outcome {
+                    status: CLIENT_CLOSED,
+                    keep_alive: false,
+                },
+                upstream_time,
+                upstream_outcome: "client_cancelled",
+                usage: None,
+                time_to_first_event: None,
+            }
+        }
+        Failure::Upstream(e) => {
+            let upstream_outcome = e.outcome();
+            tracing::warn!(request_id = %String::from_utf8_lossy(&io.request_id), error = %e, "upstream failed");
+            let outcome = reply_error(worker, io, &GatewayError::Upstream(e), req.keep_alive).await;
+            Relayed {
+                outcome,
+                upstream_time,
+                upstream_outcome,
+                usage: None,
+                time_to_first_event: None,
+            }
+        }
+    }
+}
+
+/// Appends the client's response head from the upstream's: its status and
+/// end-to-end headers, plus the ones sluice adds. The framing headers are
+/// added by the caller.
+fn client_head(out: &mut Vec<u8>, upstream_buf: &[u8], head: &ResponseHead, upstream_name: &str) {
+    out.clear();
+    response::status_line(out, head.status);
+    for h in &head.headers {
+        let name = &upstream_buf[h.name.clone()];
+        if !is_hop_by_hop(name)
+            && !name.eq_ignore_ascii_case(b"x-request-id")
+            && !name.eq_ignore_ascii_case(b"x-sluice-upstream")
+        {
+            response::header(out, name, &upstream_buf[h.value.clone()]);
+        }
+    }
+    response::header(out, b"x-sluice-upstream", upstream_name.as_bytes());
+}
+
+/// Token counts from a JSON object's top-level `usage`.
+pub fn usage_of(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    let range = json::member_range(body, "usage")?;
+    let raw: Raw = serde_json::from_slice(&body[range]).ok()?;
+    Some(Usage {
+        input: raw.prompt_tokens,
+        output: raw.completion_tokens,
+    })
+}
+
+struct Relay<'a> {
+    worker: &'a Rc<Worker>,
+    upstream: usize,
+    spec: &'a UpstreamSpec,
+    sent_at: Instant,
+    total_deadline: Instant,
+    first_deadline: Instant,
+}
+
+impl Relay<'_> {
+    fn finished(
+        &self,
+        outcome: Outcome,
+        upstream_outcome: &'static str,
+        usage: Option<Usage>,
+        ttft: Option<Duration>,
+        upstream_time: Duration,
+    ) -> Relayed {
+        Relayed {
+            outcome,
+            upstream_time,
+            upstream_outcome,
+            usage,
+            time_to_first_event: ttft,
+        }
+    }
+
+    /// A plain answer: read it whole (bounded), then send it with its length.
+    async fn whole_body(
+        self,
+        io: &mut ClientIo,
+        req: &Request<'_>,
+        mut conn: UpstreamConn,
+        head: ResponseHead,
+    ) -> Relayed {
+        client_head(&mut io.wbuf, &conn.buf, &head, &self.spec.name);
+        let mut reader = BodyReader::new(&head);
+        io.relay_buf.clear();
+        let read = {
+            let body = client::read_to_end(
+                &mut reader,
+                &mut conn,
+                &mut io.relay_buf,
+                self.total_deadline,
+                MAX_RESPONSE_BYTES,
+                &self.spec.name,
+            );
+            monoio::select! {
+                r = body => r.map_err(Failure::Upstream),
+                _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+            }
+        };
+        if let Err(failure) = read {
+            return fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
+        }
+        let upstream_time = self.sent_at.elapsed();
+        if reader.reusable(&head, &conn) {
+            self.worker.pools.release(self.upstream, conn);
+        }
+        let usage = usage_of(&io.relay_buf);
+        let keep_alive = req.keep_alive && !self.worker.is_draining();
+        response::common_headers(
+            &mut io.wbuf,
+            &io.request_id,
+            keep_alive,
+            Some(io.relay_buf.len()),
+        );
+        io.wbuf.extend_from_slice(b"\r\n");
+        io.wbuf.extend_from_slice(&io.relay_buf);
+        let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();
+        if !written {
+            self.worker.metrics.client_disconnect("writing_response");
+        }
+        let status = if written { head.status } else { CLIENT_CLOSED };
+        let outcome = Outcome {
+            status,
+            keep_alive: keep_alive && written,
+        };
+        self.finished(
+            outcome,
+            outcome_label(head.status),
+            usage,
+            None,
+            upstream_time,
+        )
+    }
+
+    /// A stream: relay each complete event as soon as it arrives. The head
+    /// is held until the first event, so a stream that never starts still
+    /// gets a proper 504 rather than a 200 with nothing in it.
+    async fn stream_events(
+        self,
+        io: &mut ClientIo,
+        req: &Request<'_>,
+        mut conn: UpstreamConn,
+        head: ResponseHead,
+    ) -> Relayed {
+        let keep_alive = req.keep_alive && !self.worker.is_draining();
+        let mut pending_head = Vec::with_capacity(512);
+        client_head(&mut pending_head, &conn.buf, &head, &self.spec.name);
+        response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);
+        pending_head.extend_from_slice(b"\r\n");
+        let mut head_sent = false;
+        let mut reader = BodyReader::new(&head);
+        let mut usage = None;
+        let mut ttft = None;
+        io.relay_buf.clear();
+        loop {
+            let deadline = if head_sent {
+                self.total_deadline
+            } else {
+                self.first_deadline
+            };
+            let next = {
+                let piece = reader.next(&mut conn, &mut io.relay_buf, deadline, &self.spec.name);
+                monoio::select! {
+                    r = piece => r.map_err(|e| match e {
+                        UpstreamError::TotalTimeout(n) if !head_sent => UpstreamError::FirstByteTimeout(n),
+                        e => e,
+                    }).map_err(Failure::Upstream),
+                    _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+                }
+            };
+            let more = match next {
+                Ok(more) => more,
+                Err(Failure::Upstream(e)) if head_sent => {
+                    // Bytes already reached the client: end the stream with
+                    // an error event rather than truncating it silently.
+                    let label = e.outcome();
+                    tracing::warn!(request_id = %String::from_utf8_lossy(&io.request_id), error = %e, "upstream failed mid-stream");
+                    let err = GatewayError::Upstream(e);
+                    io.wbuf.clear();
+                    let mut event = b"data: ".to_vec();
+                    event.extend_from_slice(&err.body());
+                    event.extend_from_slice(b"\n\n");
+                    encode_chunk(&mut io.wbuf, &event);
+                    io.wbuf.extend_from_slice(LAST_CHUNK);
+                    let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
+                    let outcome = Outcome {
+                        status: head.status,
+                        keep_alive: false,
+                    };
+                    return self.finished(outcome, label, usage, ttft, self.sent_at.elapsed());
+                }
+                Err(failure @ Failure::Upstream(_)) => {
+                    return fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
+                }
+                Err(Failure::ClientGone) => {
+                    self.worker.metrics.client_disconnect("streaming");
+                    let outcome = Outcome {
+                        status: CLIENT_CLOSED,
+                        keep_alive: false,
+                    };
+                    return self.finished(
+                        outcome,
+                        "client_cancelled",
+                        usage,
+                        ttft,
+                        self.sent_at.elapsed(),
+                    );
+                }
+            };
+            let ready = if more && io.relay_buf.len() < MAX_PENDING_EVENT {
+                sse::complete_events_len(&io.relay_buf)
+            } else {
+                io.relay_buf.len()
+            };
+            if ready == 0 && more {
+                continue;
+            }
+            let events = &io.relay_buf[..ready];
+            if memchr::memmem::find(events, b"\"usage\"").is_some() {
+                if let Some(u) = sse::data_lines(events).filter_map(usage_of).last() {
+                    usage = Some(u);
+                }
+            }
+            io.wbuf.clear();
+            if !head_sent {
+                io.wbuf.extend_from_slice(&pending_head);
+                head_sent = true;
+            }
+            encode_chunk(&mut io.wbuf, events);
+            if !more {
+                io.wbuf.extend_from_slice(LAST_CHUNK);
+            }
+            if ready > 0 && ttft.is_none() {
+                ttft = Some(req.started.elapsed());
+            }
+            io.relay_buf.drain(..ready);
+            if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
+                self.worker.metrics.client_disconnect("streaming");
+                let outcome = Outcome {
+                    status: CLIENT_CLOSED,
+                    keep_alive: false,
+                };
+                return self.finished(
+                    outcome,
+                    "client_cancelled",
+                    usage,
+                    ttft,
+                    self.sent_at.elapsed(),
+                );
+            }
+            if !more {
+                break;
+            }
+        }
+        let upstream_time = self.sent_at.elapsed();
+        if reader.reusable(&head, &conn) {
+            self.worker.pools.release(self.upstream, conn);
+        }
+        let outcome = Outcome {
+            status: head.status,
+            keep_alive,
+        };
+        self.finished(
+            outcome,
+            outcome_label(head.status),
+            usage,
+            ttft,
+            upstream_time,
+        )
+    }
+}
+
+fn outcome_label(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        429 => "rate_limited",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}

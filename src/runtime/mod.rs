@@ -1,0 +1,243 @@
+//! Worker threads and their lifecycle: one monoio runtime per worker, each
+//! pinned to its own CPU, on io_uring (with cooperative task running, single
+//! issuer and deferred task running) or epoll; each worker binds its own
+//! `SO_REUSEPORT` listener and owns its pools, buffers and metric handles.
+//! Also the signal thread (SIGTERM/SIGINT start a drain) and the metrics
+//! listener thread. Nothing here is shared between workers but the
+//! immutable snapshot and a few atomics.
+
+pub mod signals;
+pub mod worker;
+
+use crate::config::snapshot::Snapshot;
+use crate::config::IoMode;
+use futures_channel::oneshot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("worker {worker}: io_uring is not available ({reason}); set server.io = \"auto\" or \"epoll\"")]
+    IoUringRefused { worker: usize, reason: String },
+    #[error("worker {worker}: cannot start an epoll runtime: {reason}")]
+    Epoll { worker: usize, reason: String },
+    #[error("worker {worker}: cannot listen on {addr}: {reason}")]
+    Listen {
+        worker: usize,
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("cannot start thread: {0}")]
+    Thread(String),
+    #[error("metrics listener on {addr}: {reason}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+}
+
+/// Process-wide state the workers share: read-mostly, atomics only.
+pub struct Shared {
+    pub snapshot: Arc<Snapshot>,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(snapshot: Arc<Snapshot>) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// CPUs this process may run on, in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_current_thread(cpu: usize) -> bool {
+    // SAFETY: as above; the set names one CPU from the allowed mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// A running gateway: its worker threads and the handle that drains them.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    stop: Vec<oneshot::Sender<()>>,
+    pub drivers: Vec<&'static str>,
+}
+
+impl Gateway {
+    /// Starts every worker and waits until each listens (or one fails).
+    pub fn start(snapshot: Arc<Snapshot>) -> Result<Self, RuntimeError> {
+        let shared = Shared::new(snapshot.clone());
+        let cpus = allowed_cpus();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut workers = Vec::new();
+        let mut stop = Vec::new();
+        for id in 0..snapshot.server.workers {
+            let cpu =
+                (snapshot.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+            let (stop_tx, stop_rx) = oneshot::channel();
+            stop.push(stop_tx);
+            let shared = shared.clone();
+            let ready_tx = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-worker-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if !pin_current_thread(cpu) {
+                            tracing::warn!(worker = id, cpu, "could not pin worker to its CPU");
+                        }
+                    }
+                    run_worker(id, cpu, shared, stop_rx, ready_tx);
+                })
+                .map_err(|e| RuntimeError::Thread(e.to_string()))?;
+            workers.push(handle);
+        }
+        drop(ready_tx);
+        let mut drivers = Vec::new();
+        let mut gateway = Gateway {
+            shared,
+            workers,
+            stop,
+            drivers: Vec::new(),
+        };
+        for _ in 0..gateway.workers.len() {
+            match ready_rx.recv() {
+                Ok(Ok(driver)) => drivers.push(driver),
+                Ok(Err(e)) => {
+                    gateway.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    gateway.shutdown();
+                    return Err(RuntimeError::Thread(
+                        "a worker exited while starting".into(),
+                    ));
+                }
+            }
+        }
+        gateway.drivers = drivers;
+        Ok(gateway)
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts the drain: `/ready` turns 503, listeners close, in-flight
+    /// requests finish within `drain_timeout`.
+    pub fn begin_drain(&mut self) {
+        if !self.shared.draining.swap(true, Ordering::SeqCst) {
+            crate::metrics::set_draining(true);
+            tracing::info!("draining: listeners closed, finishing in-flight requests");
+        }
+        for tx in self.stop.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Drains and waits for every worker to finish.
+    pub fn shutdown(&mut self) {
+        self.begin_drain();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+type ReadyTx = mpsc::Sender<Result<&'static str, RuntimeError>>;
+
+fn run_worker(
+    id: usize,
+    cpu: Option<usize>,
+    shared: Arc<Shared>,
+    stop: oneshot::Receiver<()>,
+    ready: ReadyTx,
+) {
+    use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+    let io = shared.snapshot.server.io;
+    let uring = || -> std::io::Result<_> {
+        let mut flags = io_uring::IoUring::builder();
+        flags
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        RuntimeBuilder::<IoUringDriver>::new()
+            .uring_builder(flags)
+            .enable_timer()
+            .build()
+            .or_else(|e| {
+                tracing::warn!(worker = id, error = %e, "io_uring refused the cooperative/single-issuer flags; using a plain ring");
+                RuntimeBuilder::<IoUringDriver>::new().enable_timer().build()
+            })
+    };
+    let epoll = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
+    let main = |driver: &'static str| {
+        worker::worker_main(id, cpu, driver, shared.clone(), stop, ready.clone())
+    };
+    match io {
+        IoMode::Epoll => match epoll() {
+            Ok(mut rt) => rt.block_on(main("epoll")),
+            Err(e) => send_err(
+                &ready,
+                RuntimeError::Epoll {
+                    worker: id,
+                    reason: e.to_string(),
+                },
+            ),
+        },
+        IoMode::IoUring => match uring() {
+            Ok(mut rt) => rt.block_on(main("io_uring")),
+            Err(e) => send_err(
+                &ready,
+                RuntimeError::IoUringRefused {
+                    worker: id,
+                    reason: e.to_string(),
+                },
+            ),
+        },
+        IoMode::Auto => match uring() {
+            Ok(mut rt) => rt.block_on(main("io_uring")),
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "io_uring is not available; falling back to epoll");
+                match epoll() {
+                    Ok(mut rt) => rt.block_on(main("epoll")),
+                    Err(e) => send_err(
+                        &ready,
+                        RuntimeError::Epoll {
+                            worker: id,
+                            reason: e.to_string(),
+                        },
+                    ),
+                }
+            }
+        },
+    }
+}
+
+fn send_err(ready: &ReadyTx, e: RuntimeError) {
+    let _ = ready.send(Err(e));
+}
