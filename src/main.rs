@@ -204,6 +204,7 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
 
 fn run_gateway(snapshot: Snapshot) -> Result<(), String> {
     signals::block_shutdown_signals();
+    let fd_limit = sluice::runtime::raise_fd_limit();
     let snapshot = Arc::new(snapshot);
     if let Some(addr) = snapshot.metrics_listen {
         let handle = sluice::metrics::install();
@@ -218,6 +219,7 @@ fn run_gateway(snapshot: Snapshot) -> Result<(), String> {
         workers = gateway.drivers.len(),
         drivers = ?gateway.drivers,
         config_sha256 = %snapshot.config_hash,
+        fd_limit,
         "sluice ready"
     );
     let signal = signals::wait_for_shutdown_signal();

@@ -6,7 +6,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use std::io;
 
 /// Smallest free space offered to one read.
-const READ_RESERVE: usize = 8 * 1024;
+const READ_RESERVE: usize = 4 * 1024;
 
 /// Reads once, appending to `buf`. `Ok(0)` is end of stream.
 pub async fn read_append<S: AsyncReadRent>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {

@@ -70,12 +70,14 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
     crate::metrics::connection_opened();
     let mut io = ClientIo {
         stream,
-        wbuf: Vec::with_capacity(4096),
-        upstream_buf: Vec::with_capacity(4096),
-        relay_buf: Vec::with_capacity(4096),
-        request_id: Vec::with_capacity(64),
+        // Grown on first use and then kept: an idle keep-alive connection
+        // costs its read buffer and little else.
+        wbuf: Vec::new(),
+        upstream_buf: Vec::new(),
+        relay_buf: Vec::new(),
+        request_id: Vec::with_capacity(32),
     };
-    let mut rbuf: Vec<u8> = Vec::with_capacity(8192);
+    let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunked_body: Vec<u8> = Vec::new();
     let mut first = true;
     loop {

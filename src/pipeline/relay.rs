@@ -85,6 +85,18 @@ pub async fn client_gone(stream: &TcpStream) {
     }
 }
 
+/// How long an upstream wait runs before the client's socket is watched.
+/// Most answers from a fast upstream come sooner, so they never pay for
+/// arming and cancelling the watch; a client that leaves during a longer
+/// wait (a generation) is noticed this much later at most.
+const WATCH_AFTER: Duration = Duration::from_millis(20);
+
+/// `client_gone`, armed only after `WATCH_AFTER`.
+async fn client_gone_after_grace(stream: &TcpStream) {
+    monoio::time::sleep(WATCH_AFTER).await;
+    client_gone(stream).await;
+}
+
 pub async fn forward(
     worker: &Rc<Worker>,
     io: &mut ClientIo,
@@ -101,7 +113,7 @@ pub async fn forward(
             connect_and_send(worker, upstream, spec, &mut io.upstream_buf, first_deadline);
         monoio::select! {
             r = attempt => r.map_err(Failure::Upstream),
-            _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+            _ = client_gone_after_grace(&io.stream) => Err(Failure::ClientGone),
         }
     };
     let (conn, head) = match connected {
@@ -267,7 +279,7 @@ impl Relay<'_> {
             );
             monoio::select! {
                 r = body => r.map_err(Failure::Upstream),
-                _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+                _ = client_gone_after_grace(&io.stream) => Err(Failure::ClientGone),
             }
         };
         if let Err(failure) = read {
@@ -338,7 +350,7 @@ impl Relay<'_> {
                         UpstreamError::TotalTimeout(n) if !head_sent => UpstreamError::FirstByteTimeout(n),
                         e => e,
                     }).map_err(Failure::Upstream),
-                    _ = client_gone(&io.stream) => Err(Failure::ClientGone),
+                    _ = client_gone_after_grace(&io.stream) => Err(Failure::ClientGone),
                 }
             };
             let more = match next {

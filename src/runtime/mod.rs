@@ -57,6 +57,24 @@ impl Shared {
     }
 }
 
+/// Raises the soft open-files limit to the hard one: every client and
+/// upstream connection is a descriptor, and the default soft limit (1024)
+/// would cap a gateway at a few hundred clients. Returns the new limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        lim.rlim_cur as u64
+    }
+}
+
 /// CPUs this process may run on, in ascending order.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.

@@ -1,0 +1,50 @@
+# sluice: two commands on a fresh machine.
+#   make demo   the gateway on its embedded default (mock model server), ready for curl
+#   make test   every test: unit, integration (real sockets), the OpenAI SDK, lint
+# Each target installs what it needs when it is missing.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all demo test build release lint unit integration sdk deps-test deps-load bench compare clean
+
+all: build
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --release --locked
+
+demo: release
+	./target/release/sluice demo
+
+# One debug build serves the unit tests, the integration tests and the SDK
+# test (cargo test builds the binary into the same target/).
+test: deps-test lint
+	$(CARGO) test --locked --no-run
+	$(CARGO) test --locked -- --test-threads=2
+	SLUICE_BIN=target/debug/sluice $(PYTHON) tests/sdk/test_openai_sdk.py
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+deps-test:
+	@$(PYTHON) -c 'import openai' 2>/dev/null || $(PYTHON) -m pip install --quiet openai
+
+deps-load:
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk)
+	@command -v oha >/dev/null || test -x $$HOME/.cargo/bin/oha || $(CARGO) install oha --locked
+
+# Side-by-side: direct upstream vs nginx proxy vs sluice (see loadtest/README.md).
+compare: deps-load release
+	SLUICE_BIN=target/release/sluice loadtest/compare.sh
+
+bench: compare
+
+clean:
+	$(CARGO) clean
