@@ -61,8 +61,18 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Byte range of the value of top-level member `key` in a JSON object.
-/// Keys are compared as written (sluice's keys need no escapes).
+/// Whether a raw (still escaped) key, quotes included, equals `key`. Keys
+/// with escapes are rare, so only they pay for decoding.
+fn key_is(raw_with_quotes: &[u8], key: &str) -> bool {
+    let raw = &raw_with_quotes[1..raw_with_quotes.len() - 1];
+    if memchr::memchr(b'\\', raw).is_none() {
+        return raw == key.as_bytes();
+    }
+    serde_json::from_slice::<String>(raw_with_quotes).is_ok_and(|k| k == key)
+}
+
+/// Byte range of the value of top-level member `key` in a JSON object,
+/// matching keys as parsed (so `"mod\u0065l"` is `model`).
 pub fn member_range(body: &[u8], key: &str) -> Option<Range<usize>> {
     let mut i = skip_ws(body, 0);
     if body.get(i) != Some(&b'{') {
@@ -75,14 +85,14 @@ pub fn member_range(body: &[u8], key: &str) -> Option<Range<usize>> {
             return None;
         }
         let key_end = skip_string(body, i)?;
-        let this_key = &body[i + 1..key_end - 1];
+        let this_key = &body[i..key_end];
         i = skip_ws(body, key_end);
         if body.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(body, i + 1);
         let value_end = skip_value(body, i)?;
-        if this_key == key.as_bytes() {
+        if key_is(this_key, key) {
             return Some(i..value_end);
         }
         i = skip_ws(body, value_end);

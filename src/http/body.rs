@@ -195,7 +195,7 @@ mod tests {
         let mut dec = ChunkedDecoder::new();
         let mut out = Vec::new();
         let used = dec.decode(b"1\r\na\r\n0\r\n\r\nGET /", &mut out).unwrap();
-        assert_eq!(used, 13);
+        assert_eq!(used, 11);
         assert!(dec.is_done());
     }
 

@@ -57,6 +57,9 @@ pub struct RequestHead {
     pub framing: Framing,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// HTTP/1.0 clients know no chunked framing: a body of unknown length
+    /// is ended by closing the connection.
+    pub http10: bool,
 }
 
 impl RequestHead {
@@ -209,6 +212,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
         framing,
         keep_alive,
         expect_continue: scan.expect_continue && http11,
+        http10: !http11,
     }))
 }
 

@@ -327,10 +327,28 @@ impl Relay<'_> {
         mut conn: UpstreamConn,
         head: ResponseHead,
     ) -> Relayed {
-        let keep_alive = req.keep_alive && !self.worker.is_draining();
+        let chunked = !req.head.http10;
+        let keep_alive = chunked && req.keep_alive && !self.worker.is_draining();
+        let frame = |out: &mut Vec<u8>, bytes: &[u8]| {
+            if chunked {
+                encode_chunk(out, bytes);
+            } else {
+                out.extend_from_slice(bytes);
+            }
+        };
+        let end = |out: &mut Vec<u8>| {
+            if chunked {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+        };
         let mut pending_head = Vec::with_capacity(512);
         client_head(&mut pending_head, &conn.buf, &head, &self.spec.name);
-        response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);
+        if chunked {
+            response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);
+        } else {
+            response::header(&mut pending_head, b"x-request-id", &io.request_id);
+            pending_head.extend_from_slice(b"connection: close\r\n");
+        }
         pending_head.extend_from_slice(b"\r\n");
         let mut head_sent = false;
         let mut reader = BodyReader::new(&head);
@@ -365,8 +383,8 @@ impl Relay<'_> {
                     let mut event = b"data: ".to_vec();
                     event.extend_from_slice(&err.body());
                     event.extend_from_slice(b"\n\n");
-                    encode_chunk(&mut io.wbuf, &event);
-                    io.wbuf.extend_from_slice(LAST_CHUNK);
+                    frame(&mut io.wbuf, &event);
+                    end(&mut io.wbuf);
                     let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
                     let outcome = Outcome {
                         status: head.status,
@@ -411,9 +429,9 @@ impl Relay<'_> {
                 io.wbuf.extend_from_slice(&pending_head);
                 head_sent = true;
             }
-            encode_chunk(&mut io.wbuf, events);
+            frame(&mut io.wbuf, events);
             if !more {
-                io.wbuf.extend_from_slice(LAST_CHUNK);
+                end(&mut io.wbuf);
             }
             if ready > 0 && ttft.is_none() {
                 ttft = Some(req.started.elapsed());

@@ -1,11 +1,15 @@
 //! Per-worker keep-alive pools, one per upstream: idle connections are
 //! reused last-in-first-out, and `max_connections` caps the connections a
-//! worker holds to one upstream (a request waits for a free one).
+//! worker holds to one upstream. At the cap a request queues: a released
+//! connection is handed straight to the oldest waiter, and a closed one
+//! frees a permit for a new connection, whichever comes first.
 
 use super::{UpstreamError, UpstreamSpec};
+use local_sync::oneshot;
 use local_sync::semaphore::{OwnedSemaphorePermit, Semaphore};
 use monoio::net::TcpStream;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,13 @@ pub struct UpstreamConn {
 struct Slot {
     idle: RefCell<Vec<UpstreamConn>>,
     permits: Rc<Semaphore>,
+    /// Requests queued at the cap, oldest first.
+    waiters: RefCell<VecDeque<oneshot::Sender<UpstreamConn>>>,
+}
+
+enum Waited {
+    Handed(UpstreamConn),
+    Permit(OwnedSemaphorePermit),
 }
 
 /// One worker's pools, indexed like the snapshot's upstreams.
@@ -43,6 +54,7 @@ impl Pools {
                 .map(|s| Slot {
                     idle: RefCell::new(Vec::new()),
                     permits: Rc::new(Semaphore::new(s.max_connections)),
+                    waiters: RefCell::new(VecDeque::new()),
                 })
                 .collect(),
         }
@@ -77,16 +89,27 @@ impl Pools {
             Ok(p) => p,
             Err(_) => {
                 // At the cap: an idle connection may still be parked; drop
-                // the oldest to make room, else wait for one to be released.
+                // the oldest to make room, else queue for a released one.
                 let parked = {
                     let mut idle = slot.idle.borrow_mut();
                     (!idle.is_empty()).then(|| idle.remove(0))
                 };
                 drop(parked);
-                monoio::time::timeout(spec.connect_timeout, slot.permits.clone().acquire_owned())
-                    .await
-                    .map_err(|_| connect_error("all max_connections busy"))?
-                    .map_err(|_| connect_error("pool closed"))?
+                let (tx, rx) = oneshot::channel();
+                slot.waiters.borrow_mut().push_back(tx);
+                let waited = monoio::time::timeout(spec.connect_timeout, async {
+                    monoio::select! {
+                        conn = rx => conn.ok().map(Waited::Handed),
+                        permit = slot.permits.clone().acquire_owned() => permit.ok().map(Waited::Permit),
+                    }
+                })
+                .await
+                .map_err(|_| connect_error("all max_connections busy"))?
+                .ok_or_else(|| connect_error("pool closed"))?;
+                match waited {
+                    Waited::Handed(conn) => return Ok(conn),
+                    Waited::Permit(p) => p,
+                }
             }
         };
         let stream =
@@ -104,12 +127,25 @@ impl Pools {
         })
     }
 
-    /// Parks a connection whose last exchange ended cleanly.
+    /// Hands a connection whose last exchange ended cleanly to the oldest
+    /// queued request, else parks it.
     pub fn release(&self, index: usize, mut conn: UpstreamConn) {
         conn.buf.clear();
         conn.reused = true;
         conn.idle_since = Instant::now();
-        self.slots[index].idle.borrow_mut().push(conn);
+        let slot = &self.slots[index];
+        loop {
+            let Some(waiter) = slot.waiters.borrow_mut().pop_front() else {
+                break;
+            };
+            // A waiter that timed out or took a permit instead has dropped
+            // its receiver; the connection comes back and goes on.
+            match waiter.send(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
+        }
+        slot.idle.borrow_mut().push(conn);
     }
 
     /// Idle connections across all upstreams (for tests and metrics).

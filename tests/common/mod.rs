@@ -445,8 +445,7 @@ impl Gateway {
                 return;
             }
             if Instant::now() >= deadline {
-                let related: Vec<&str> =
-                    text.lines().filter(|l| l.starts_with(name)).collect();
+                let related: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
                 panic!(
                     "metric {name}{labels:?} is {last:?}, expected {want} (waited {POLL_TIMEOUT:?}); series of {name}:\n{}",
                     related.join("\n")
@@ -520,7 +519,8 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 /// A POST with a JSON body, its Content-Length and `headers`.
 pub fn post(path: &str, body: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = format!("POST {path} HTTP/1.1\r\nhost: sluice.test\r\ncontent-type: application/json\r\n");
+    let mut out =
+        format!("POST {path} HTTP/1.1\r\nhost: sluice.test\r\ncontent-type: application/json\r\n");
     for (n, v) in headers {
         write!(out, "{n}: {v}\r\n").unwrap();
     }
@@ -554,7 +554,11 @@ pub fn completion_body(model: &str, stream: bool) -> String {
 }
 
 pub fn chat(model: &str, stream: bool, headers: &[(&str, &str)]) -> Vec<u8> {
-    post("/v1/chat/completions", chat_body(model, stream).as_bytes(), headers)
+    post(
+        "/v1/chat/completions",
+        chat_body(model, stream).as_bytes(),
+        headers,
+    )
 }
 
 // ---------------------------------------------------------------- responses
@@ -641,13 +645,24 @@ pub fn assert_openai_error(resp: &Response, status: u16, kind: &str, code: &str)
         .unwrap_or_else(|| panic!("no top-level \"error\" in {v}"))
         .clone();
     assert!(
-        err.get("message").and_then(Value::as_str).is_some_and(|m| !m.is_empty()),
+        err.get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty()),
         "error.message missing or empty in {v}"
     );
-    assert_eq!(err.get("type").and_then(Value::as_str), Some(kind), "error.type in {v}");
-    assert_eq!(err.get("code").and_then(Value::as_str), Some(code), "error.code in {v}");
+    assert_eq!(
+        err.get("type").and_then(Value::as_str),
+        Some(kind),
+        "error.type in {v}"
+    );
+    assert_eq!(
+        err.get("code").and_then(Value::as_str),
+        Some(code),
+        "error.code in {v}"
+    );
     assert!(
-        err.get("param").is_some_and(|p| p.is_null() || p.is_string()),
+        err.get("param")
+            .is_some_and(|p| p.is_null() || p.is_string()),
         "error.param must be present (string or null) in {v}"
     );
     err
@@ -716,10 +731,12 @@ impl Conn {
                 String::from_utf8_lossy(&self.buf)
             )),
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
-                "timed out after {IO_TIMEOUT:?} reading {what} (a hang is a failure); had {:?}",
-                String::from_utf8_lossy(&self.buf)
-            )),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(format!(
+                    "timed out after {IO_TIMEOUT:?} reading {what} (a hang is a failure); had {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ))
+            }
             Err(e) => Err(format!("read error while reading {what}: {e}")),
         }
     }
@@ -996,7 +1013,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         if !matches {
             continue;
         }
-        let Some(v) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+        let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
             continue;
         };
         total = Some(total.unwrap_or(0.0) + v);
@@ -1060,10 +1081,19 @@ mod tests {
     #[test]
     fn reads_prometheus_text() {
         let text = "# HELP x y\nsluice_a_total{reason=\"x\",k=\"a\\\"b\"} 3\nsluice_a_total{reason=\"y\"} 2\nsluice_a_total_other 9\nsluice_b 1.5\n";
-        assert_eq!(metric_value(text, "sluice_a_total", &[("reason", "x")]), Some(3.0));
-        assert_eq!(metric_value(text, "sluice_a_total", &[("k", "a\"b")]), Some(3.0));
+        assert_eq!(
+            metric_value(text, "sluice_a_total", &[("reason", "x")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric_value(text, "sluice_a_total", &[("k", "a\"b")]),
+            Some(3.0)
+        );
         assert_eq!(metric_value(text, "sluice_a_total", &[]), Some(5.0));
-        assert_eq!(metric_value(text, "sluice_a_total", &[("reason", "z")]), None);
+        assert_eq!(
+            metric_value(text, "sluice_a_total", &[("reason", "z")]),
+            None
+        );
         assert_eq!(metric_value(text, "sluice_b", &[]), Some(1.5));
     }
 }
