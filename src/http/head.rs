@@ -161,26 +161,31 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// The head's length from httparse's verdict, None while incomplete.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    malformed: &'static str,
+) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buffered > MAX_HEAD_BYTES => Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
+        Err(httparse::Error::Version) => Err(HttpError::Version),
+        Err(_) => Err(HttpError::Malformed(malformed)),
+    }
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)` means more bytes
 /// are needed.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(HttpError::HeadTooLarge);
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::Version),
-        Err(_) => return Err(HttpError::Malformed("invalid request head")),
+    let Some(len) = head_len(req.parse(buf), buf.len(), "invalid request head")? else {
+        return Ok(None);
     };
-    if len > MAX_HEAD_BYTES {
-        return Err(HttpError::HeadTooLarge);
-    }
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
         "POST" => Method::Post,
@@ -238,16 +243,8 @@ impl ResponseHead {
 pub fn parse_response(buf: &[u8], method: Method) -> Result<Option<ResponseHead>, HttpError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut storage);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(HttpError::HeadTooLarge);
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(_) => return Err(HttpError::Malformed("invalid response head")),
+    let Some(len) = head_len(res.parse(buf), buf.len(), "invalid response head")? else {
+        return Ok(None);
     };
     let status = res.code.unwrap_or(0);
     let http11 = res.version == Some(1);

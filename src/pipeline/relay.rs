@@ -257,6 +257,23 @@ impl Relay<'_> {
         }
     }
 
+    /// The client left mid-stream; dropping the upstream connection (by
+    /// the caller returning) ends the generation.
+    fn client_left(&self, usage: Option<Usage>, ttft: Option<Duration>) -> Relayed {
+        self.worker.metrics.client_disconnect("streaming");
+        let outcome = Outcome {
+            status: CLIENT_CLOSED,
+            keep_alive: false,
+        };
+        self.finished(
+            outcome,
+            "client_cancelled",
+            usage,
+            ttft,
+            self.sent_at.elapsed(),
+        )
+    }
+
     /// A plain answer: read it whole (bounded), then send it with its length.
     async fn whole_body(
         self,
@@ -395,20 +412,7 @@ impl Relay<'_> {
                 Err(failure @ Failure::Upstream(_)) => {
                     return fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
                 }
-                Err(Failure::ClientGone) => {
-                    self.worker.metrics.client_disconnect("streaming");
-                    let outcome = Outcome {
-                        status: CLIENT_CLOSED,
-                        keep_alive: false,
-                    };
-                    return self.finished(
-                        outcome,
-                        "client_cancelled",
-                        usage,
-                        ttft,
-                        self.sent_at.elapsed(),
-                    );
-                }
+                Err(Failure::ClientGone) => return self.client_left(usage, ttft),
             };
             let ready = if more && io.relay_buf.len() < MAX_PENDING_EVENT {
                 sse::complete_events_len(&io.relay_buf)
@@ -438,18 +442,7 @@ impl Relay<'_> {
             }
             io.relay_buf.drain(..ready);
             if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
-                self.worker.metrics.client_disconnect("streaming");
-                let outcome = Outcome {
-                    status: CLIENT_CLOSED,
-                    keep_alive: false,
-                };
-                return self.finished(
-                    outcome,
-                    "client_cancelled",
-                    usage,
-                    ttft,
-                    self.sent_at.elapsed(),
-                );
+                return self.client_left(usage, ttft);
             }
             if !more {
                 break;

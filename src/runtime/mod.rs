@@ -216,46 +216,35 @@ fn run_worker(
     let main = |driver: &'static str| {
         worker::worker_main(id, cpu, driver, shared.clone(), stop, ready.clone())
     };
-    match io {
-        IoMode::Epoll => match epoll() {
-            Ok(mut rt) => rt.block_on(main("epoll")),
-            Err(e) => send_err(
-                &ready,
-                RuntimeError::Epoll {
-                    worker: id,
-                    reason: e.to_string(),
-                },
-            ),
-        },
-        IoMode::IoUring => match uring() {
-            Ok(mut rt) => rt.block_on(main("io_uring")),
-            Err(e) => send_err(
-                &ready,
-                RuntimeError::IoUringRefused {
-                    worker: id,
-                    reason: e.to_string(),
-                },
-            ),
-        },
+    let uring_refused = |e: std::io::Error| RuntimeError::IoUringRefused {
+        worker: id,
+        reason: e.to_string(),
+    };
+    let epoll_failed = |e: std::io::Error| RuntimeError::Epoll {
+        worker: id,
+        reason: e.to_string(),
+    };
+    let started = match io {
+        IoMode::Epoll => epoll()
+            .map(|mut rt| rt.block_on(main("epoll")))
+            .map_err(epoll_failed),
+        IoMode::IoUring => uring()
+            .map(|mut rt| rt.block_on(main("io_uring")))
+            .map_err(uring_refused),
         IoMode::Auto => match uring() {
-            Ok(mut rt) => rt.block_on(main("io_uring")),
+            Ok(mut rt) => {
+                rt.block_on(main("io_uring"));
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(worker = id, error = %e, "io_uring is not available; falling back to epoll");
-                match epoll() {
-                    Ok(mut rt) => rt.block_on(main("epoll")),
-                    Err(e) => send_err(
-                        &ready,
-                        RuntimeError::Epoll {
-                            worker: id,
-                            reason: e.to_string(),
-                        },
-                    ),
-                }
+                epoll()
+                    .map(|mut rt| rt.block_on(main("epoll")))
+                    .map_err(epoll_failed)
             }
         },
+    };
+    if let Err(e) = started {
+        let _ = ready.send(Err(e));
     }
-}
-
-fn send_err(ready: &ReadyTx, e: RuntimeError) {
-    let _ = ready.send(Err(e));
 }
