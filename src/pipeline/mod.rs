@@ -3,6 +3,7 @@
 //! forward and relay. Authentication, authorization, limits, guards and
 //! the cache slot in between these steps as they are built.
 
+pub mod filter;
 pub mod relay;
 pub mod route;
 
@@ -15,6 +16,8 @@ use crate::http::server::{reply_error, ClientIo, Outcome, Request};
 use crate::metrics::NO_MODEL;
 use crate::runtime::worker::Worker;
 use crate::upstream::UpstreamSpec;
+use filter::AnswerFilters;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 pub async fn run(
@@ -40,15 +43,20 @@ pub async fn run(
         }
     };
     let model = &snapshot.models[facts.model];
+    // The body forwarded: the client's bytes unless a step rewrites them.
+    let body: Cow<'_, [u8]> = Cow::Borrowed(req.body);
+    // Steps that change the answer on its way back register here.
+    let mut filters = AnswerFilters::default();
     let upstream = worker.router.pick(snapshot, facts.model);
     build_upstream_request(
         &mut io.upstream_buf,
         req,
+        &body,
         &io.request_id,
         &snapshot.upstreams[upstream],
         model,
     );
-    let relayed = relay::forward(worker, io, req, upstream).await;
+    let relayed = relay::forward(worker, io, req, upstream, &mut filters).await;
 
     let metrics = &worker.metrics;
     let model_key = facts.model as u32;
@@ -90,6 +98,7 @@ fn forwardable(name: &[u8]) -> bool {
 pub fn build_upstream_request(
     out: &mut Vec<u8>,
     req: &Request<'_>,
+    body: &[u8],
     request_id: &[u8],
     spec: &UpstreamSpec,
     model: &ModelRoute,
@@ -114,21 +123,21 @@ pub fn build_upstream_request(
     let rewrite = model
         .rewrite_to
         .as_deref()
-        .and_then(|to| json::member_range(req.body, "model").map(|r| (to, r)));
+        .and_then(|to| json::member_range(body, "model").map(|r| (to, r)));
     match rewrite {
         Some((to, range)) => {
             let mut literal = Vec::with_capacity(to.len() + 2);
             json::push_string(&mut literal, to);
             out.extend_from_slice(b"content-length: ");
-            push_u64(out, (req.body.len() - range.len() + literal.len()) as u64);
+            push_u64(out, (body.len() - range.len() + literal.len()) as u64);
             out.extend_from_slice(b"\r\n\r\n");
-            json::splice(out, req.body, range, &literal);
+            json::splice(out, body, range, &literal);
         }
         None => {
             out.extend_from_slice(b"content-length: ");
-            push_u64(out, req.body.len() as u64);
+            push_u64(out, body.len() as u64);
             out.extend_from_slice(b"\r\n\r\n");
-            out.extend_from_slice(req.body);
+            out.extend_from_slice(body);
         }
     }
 }

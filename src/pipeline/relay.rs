@@ -10,6 +10,7 @@ use crate::http::head::{is_hop_by_hop, ResponseHead};
 use crate::http::io::write_all_clear;
 use crate::http::server::{reply_error, ClientIo, Outcome, Request};
 use crate::http::{response, sse};
+use crate::pipeline::filter::AnswerFilters;
 use crate::runtime::worker::Worker;
 use crate::upstream::client::{self, BodyReader};
 use crate::upstream::pool::UpstreamConn;
@@ -102,6 +103,7 @@ pub async fn forward(
     io: &mut ClientIo,
     req: &Request<'_>,
     upstream: usize,
+    filters: &mut AnswerFilters,
 ) -> Relayed {
     let spec = &worker.snapshot.upstreams[upstream];
     let sent_at = Instant::now();
@@ -129,9 +131,9 @@ pub async fn forward(
         first_deadline,
     };
     if head.event_stream {
-        relay.stream_events(io, req, conn, head).await
+        relay.stream_events(io, req, conn, head, filters).await
     } else {
-        relay.whole_body(io, req, conn, head).await
+        relay.whole_body(io, req, conn, head, filters).await
     }
 }
 
@@ -281,6 +283,7 @@ impl Relay<'_> {
         req: &Request<'_>,
         mut conn: UpstreamConn,
         head: ResponseHead,
+        filters: &mut AnswerFilters,
     ) -> Relayed {
         client_head(&mut io.wbuf, &conn.buf, &head, &self.spec.name);
         let mut reader = BodyReader::new(&head);
@@ -307,6 +310,18 @@ impl Relay<'_> {
             self.worker.pools.release(self.upstream, conn);
         }
         let usage = usage_of(&io.relay_buf);
+        if is_success(head.status) && !filters.is_empty() {
+            if let Err(e) = filters.body(&mut io.relay_buf) {
+                let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
+                return self.finished(
+                    outcome,
+                    outcome_label(head.status),
+                    usage,
+                    None,
+                    upstream_time,
+                );
+            }
+        }
         let keep_alive = req.keep_alive && !self.worker.is_draining();
         response::common_headers(
             &mut io.wbuf,
@@ -343,7 +358,10 @@ impl Relay<'_> {
         req: &Request<'_>,
         mut conn: UpstreamConn,
         head: ResponseHead,
+        filters: &mut AnswerFilters,
     ) -> Relayed {
+        let filtering = is_success(head.status) && !filters.is_empty();
+        let mut filtered = Vec::new();
         let chunked = !req.head.http10;
         let keep_alive = chunked && req.keep_alive && !self.worker.is_draining();
         let frame = |out: &mut Vec<u8>, bytes: &[u8]| {
@@ -395,11 +413,8 @@ impl Relay<'_> {
                     // an error event rather than truncating it silently.
                     let label = e.outcome();
                     tracing::warn!(request_id = %String::from_utf8_lossy(&io.request_id), error = %e, "upstream failed mid-stream");
-                    let err = GatewayError::Upstream(e);
+                    let event = error_event(&GatewayError::Upstream(e));
                     io.wbuf.clear();
-                    let mut event = b"data: ".to_vec();
-                    event.extend_from_slice(&err.body());
-                    event.extend_from_slice(b"\n\n");
                     frame(&mut io.wbuf, &event);
                     end(&mut io.wbuf);
                     let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
@@ -433,7 +448,34 @@ impl Relay<'_> {
                 io.wbuf.extend_from_slice(&pending_head);
                 head_sent = true;
             }
-            frame(&mut io.wbuf, events);
+            let verdict = if filtering {
+                filtered.clear();
+                filters.events(events, &mut filtered).and_then(|()| {
+                    if more {
+                        Ok(())
+                    } else {
+                        filters.finish(&mut filtered)
+                    }
+                })
+            } else {
+                Ok(())
+            };
+            match verdict {
+                Ok(()) => frame(&mut io.wbuf, if filtering { &filtered } else { events }),
+                Err(e) => {
+                    // A filter refused the rest of the answer: what it let
+                    // through goes out, then an error event ends the stream.
+                    frame(&mut io.wbuf, &filtered);
+                    frame(&mut io.wbuf, &error_event(&e));
+                    end(&mut io.wbuf);
+                    let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
+                    let outcome = Outcome {
+                        status: head.status,
+                        keep_alive: false,
+                    };
+                    return self.finished(outcome, "filtered", usage, ttft, self.sent_at.elapsed());
+                }
+            }
             if !more {
                 end(&mut io.wbuf);
             }
@@ -464,6 +506,18 @@ impl Relay<'_> {
             upstream_time,
         )
     }
+}
+
+/// An SSE event carrying an OpenAI error JSON, as OpenAI's SDKs read it.
+pub fn error_event(err: &GatewayError) -> Vec<u8> {
+    let mut event = b"data: ".to_vec();
+    event.extend_from_slice(&err.body());
+    event.extend_from_slice(b"\n\n");
+    event
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
 }
 
 fn outcome_label(status: u16) -> &'static str {
