@@ -2,6 +2,7 @@
 //! OpenAI-compatible proxy in front of self-hosted model servers.
 //! See docs/architecture.md for the modules and a request's way through.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod http;

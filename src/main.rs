@@ -171,7 +171,22 @@ targets = [{ upstream = "mock-gpu" }]
 [[models]]
 name = "embed-small"
 targets = [{ upstream = "mock-gpu" }]
+
+[auth]
+
+[[teams]]
+name = "demo"
+allowed_models = ["*"]
+
+[[keys]]
+id = "demo"
+team = "demo"
+user = "demo-user"
+sha256 = "1c590839af894cf25f9a5fe06929af05b377f60efbe55508ef93d251887b9213"   # "sk-sluice-demo"
 "#;
+
+/// The secret of the demo's API key (its SHA-256 is in [`DEMO_CONFIG`]).
+const DEMO_KEY: &str = "sk-sluice-demo";
 
 fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     let (mock, _) = sluice::mock::spawn(
@@ -186,19 +201,18 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     let cfg = config::parse_str(&source, std::path::Path::new(".")).map_err(|e| e.to_string())?;
     let snapshot = Snapshot::build(&cfg, &source).map_err(|e| e.to_string())?;
     println!("sluice demo: gateway on http://{listen}, metrics on http://{metrics_listen}/metrics, mock model server on {mock}");
+    println!("API key of the demo team: {DEMO_KEY}");
     println!("Try:");
     println!(
-        "  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \\"
+        "  curl -s http://{listen}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' -H 'content-type: application/json' \\"
     );
     println!("    -d '{{\"model\":\"llama-3.1-8b\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
     println!(
-        "  curl -sN http://{listen}/v1/chat/completions -H 'content-type: application/json' \\"
+        "  curl -sN http://{listen}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' -H 'content-type: application/json' \\"
     );
     println!("    -d '{{\"model\":\"llama-3.1-8b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
-    println!("API keys come with the [auth]/[[keys]] feature, not built yet: this demo accepts any caller,");
-    println!(
-        "so an SDK's key (e.g. OPENAI_API_KEY=sk-sluice-demo) is accepted and never sent upstream."
-    );
+    println!("  curl -s http://{listen}/v1/models -H 'authorization: Bearer {DEMO_KEY}'");
+    println!("SDKs: OPENAI_BASE_URL=http://{listen}/v1 OPENAI_API_KEY={DEMO_KEY}; the key is never sent upstream.");
     run_gateway(snapshot)
 }
 

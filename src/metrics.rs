@@ -19,6 +19,16 @@ pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "sluice_connections_accepted_total"
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
 pub const WORKER_INFO: &str = "sluice_worker_info";
 pub const DRAINING: &str = "sluice_draining";
+pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
+pub const UPSTREAM_HEALTHY: &str = "sluice_upstream_healthy";
+pub const UPSTREAM_INFLIGHT: &str = "sluice_upstream_inflight";
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "sluice_upstream_breaker_transitions_total";
+pub const RETRIES_TOTAL: &str = "sluice_retries_total";
+pub const FALLBACKS_TOTAL: &str = "sluice_fallbacks_total";
+pub const EXPERIMENT_REQUESTS_TOTAL: &str = "sluice_experiment_requests_total";
+pub const EXPERIMENT_DURATION: &str = "sluice_experiment_duration_seconds";
+pub const EXPERIMENT_TOKENS_TOTAL: &str = "sluice_experiment_tokens_total";
 
 /// Label value for requests that never named a configured model.
 pub const NO_MODEL: &str = "none";
@@ -98,7 +108,44 @@ fn describe() {
         "One series per worker thread, labelled with its CPU and I/O driver."
     );
     describe_gauge!(DRAINING, "1 while the gateway drains for shutdown.");
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests refused with 401, by reason (missing_credentials, unknown_key, expired_key, jwt_*, unknown_team)."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reloads (SIGHUP, POST /admin/reload), by result (ok|error)."
+    );
+    describe_gauge!(
+        UPSTREAM_HEALTHY,
+        "1 while an upstream is in rotation: its active checks pass and its breaker is not open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker state changes, by upstream and new state."
+    );
+    describe_counter!(RETRIES_TOTAL, "Retries sent, by reason; and retries refused by the retry budget (reason=budget_exhausted).");
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        "Requests served by a fallback model, by the model asked for and the one that answered."
+    );
+    describe_counter!(
+        EXPERIMENT_REQUESTS_TOTAL,
+        "Experiment requests by experiment, variant and status."
+    );
+    describe_histogram!(
+        EXPERIMENT_DURATION,
+        Unit::Seconds,
+        "Experiment request duration by experiment and variant."
+    );
+    describe_counter!(
+        EXPERIMENT_TOKENS_TOTAL,
+        "Experiment tokens by experiment, variant and type."
+    );
 }
+
+/// Duration histogram, input and output token counters of one variant.
+type ExperimentHandles = (Histogram, Counter, Counter);
 
 /// Per-worker handle cache, keyed by the indexes of the snapshot's models
 /// and upstreams so that label strings are built once.
@@ -111,6 +158,10 @@ pub struct WorkerMetrics {
     client_errors: RefCell<HashMap<&'static str, Counter>>,
     disconnects: RefCell<HashMap<&'static str, Counter>>,
     overhead: RefCell<Option<Histogram>>,
+    retries: RefCell<HashMap<&'static str, Counter>>,
+    fallbacks: RefCell<HashMap<(u32, u32), Counter>>,
+    experiments: RefCell<HashMap<(u32, u32, u16), Counter>>,
+    experiment_extra: RefCell<HashMap<(u32, u32), ExperimentHandles>>,
 }
 
 impl WorkerMetrics {
@@ -184,12 +235,80 @@ impl WorkerMetrics {
             .increment(1);
     }
 
+    pub fn retry(&self, reason: &'static str) {
+        Self::bump(&self.retries, RETRIES_TOTAL, "reason", reason);
+    }
+
+    pub fn fallback(&self, keys: (u32, u32), asked: &str, answered: &str) {
+        self.fallbacks
+            .borrow_mut()
+            .entry(keys)
+            .or_insert_with(|| counter!(FALLBACKS_TOTAL, "model" => asked.to_owned(), "served_by" => answered.to_owned()))
+            .increment(1);
+    }
+
+    /// One finished experiment request: status, duration, tokens.
+    pub fn experiment(
+        &self,
+        keys: (u32, u32),
+        names: (&str, &str),
+        status: u16,
+        seconds: f64,
+        tokens: Option<(u64, u64)>,
+    ) {
+        let (experiment, variant) = names;
+        self.experiments
+            .borrow_mut()
+            .entry((keys.0, keys.1, status))
+            .or_insert_with(|| {
+                counter!(EXPERIMENT_REQUESTS_TOTAL, "experiment" => experiment.to_owned(), "variant" => variant.to_owned(), "status" => status.to_string())
+            })
+            .increment(1);
+        let mut extra = self.experiment_extra.borrow_mut();
+        let (duration, input, output) = extra.entry(keys).or_insert_with(|| {
+            let labels = [("experiment", experiment.to_owned()), ("variant", variant.to_owned())];
+            (
+                histogram!(EXPERIMENT_DURATION, &labels),
+                counter!(EXPERIMENT_TOKENS_TOTAL, "experiment" => experiment.to_owned(), "variant" => variant.to_owned(), "type" => "input"),
+                counter!(EXPERIMENT_TOKENS_TOTAL, "experiment" => experiment.to_owned(), "variant" => variant.to_owned(), "type" => "output"),
+            )
+        });
+        duration.record(seconds);
+        if let Some((i, o)) = tokens {
+            input.increment(i);
+            output.increment(o);
+        }
+    }
+
     pub fn overhead(&self, seconds: f64) {
         self.overhead
             .borrow_mut()
             .get_or_insert_with(|| histogram!(OVERHEAD))
             .record(seconds);
     }
+}
+
+/// Health of an upstream changed (active checks or breaker).
+pub fn upstream_healthy(upstream: &str, healthy: bool) {
+    gauge!(UPSTREAM_HEALTHY, "upstream" => upstream.to_owned()).set(if healthy {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub fn breaker_transition(upstream: &str, state: &'static str) {
+    counter!(BREAKER_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "state" => state)
+        .increment(1);
+}
+
+/// A request refused for its credentials (rare: looked up in the registry).
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
 }
 
 pub fn connection_opened() {

@@ -46,7 +46,14 @@ pub async fn handle(worker: &Rc<Worker>, io: &mut ClientIo, req: &Request<'_>) -
         b"/health" => (200, br#"{"status":"ok"}"#),
         b"/ready" if worker.is_draining() => (503, br#"{"status":"draining"}"#),
         b"/ready" => (200, br#"{"status":"ready"}"#),
-        _ => (200, &worker.snapshot.models_json),
+        // Only the models the caller may use.
+        _ => match crate::pipeline::auth::check(worker, req) {
+            Ok(None) => (200, &worker.snapshot.models_json),
+            Ok(Some(principal)) => {
+                return local_json(io, req, 200, &principal.team.models_json).await
+            }
+            Err(e) => return reply_error(worker, io, &e, req.keep_alive).await,
+        },
     };
     local_json(io, req, status, body).await
 }

@@ -32,8 +32,24 @@ pub enum GatewayError {
     },
     #[error("sluice is shutting down; retry on another node")]
     Draining,
+    /// Missing, unknown, expired or revoked credentials; the text is the
+    /// client-facing message, the reason what metrics count.
+    #[error("{0}")]
+    InvalidApiKey(&'static str),
+    #[error("Your team may not use the model '{0}'.")]
+    ModelNotAllowed(String),
+    #[error("No upstream of the model '{0}' is in a region your team may use.")]
+    RegionNotAllowed(String),
+    #[error("The tool '{0}' is not allowed for your team's agents.")]
+    ToolNotAllowed(String),
+    #[error("{0}")]
+    SessionLimit(String),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("every upstream of this model failed; the last answered {0}")]
+    UpstreamStatus(u16),
+    #[error("no healthy upstream can serve the model '{0}' right now")]
+    NoUpstream(String),
 }
 
 /// How an error is presented: status, OpenAI type, code, param, and the
@@ -84,6 +100,13 @@ impl GatewayError {
                 (405, INVALID, "method_not_allowed", "method_not_allowed")
             }
             E::Draining => (503, SERVER, "server_shutting_down", "draining"),
+            E::UpstreamStatus(status) => (*status, SERVER, "upstream_error", "upstream_status"),
+            E::NoUpstream(_) => (503, SERVER, "no_healthy_upstream", "no_upstream"),
+            E::InvalidApiKey(_) => (401, INVALID, "invalid_api_key", "invalid_api_key"),
+            E::ModelNotAllowed(_) => (403, PERMISSION, "model_not_allowed", "model_not_allowed"),
+            E::RegionNotAllowed(_) => (403, PERMISSION, "region_not_allowed", "region_not_allowed"),
+            E::ToolNotAllowed(_) => (403, PERMISSION, "tool_not_allowed", "tool_not_allowed"),
+            E::SessionLimit(_) => (429, RATE_LIMIT, "session_limit", "session_limit"),
             E::Upstream(u) => match u {
                 UpstreamError::Connect(..) => {
                     (502, SERVER, "upstream_unavailable", "upstream_connect")
@@ -98,7 +121,8 @@ impl GatewayError {
         };
         let param = match self {
             E::MissingField(p) | E::InvalidField(p, _) => Some(*p),
-            E::ModelNotFound(_) => Some("model"),
+            E::ModelNotFound(_) | E::ModelNotAllowed(_) | E::RegionNotAllowed(_) => Some("model"),
+            E::ToolNotAllowed(_) => Some("tools"),
             _ => None,
         };
         ErrorShape {
@@ -124,3 +148,5 @@ impl GatewayError {
 
 const INVALID: &str = "invalid_request_error";
 const SERVER: &str = "api_error";
+const PERMISSION: &str = "permission_error";
+const RATE_LIMIT: &str = "rate_limit_error";

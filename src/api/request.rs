@@ -3,6 +3,7 @@
 //! parses in place) so the original bytes stay untouched for forwarding.
 
 use super::GatewayError;
+use crate::config::snapshot::ModelRef;
 use serde::Deserialize;
 
 /// Which OpenAI endpoint a request is for.
@@ -29,14 +30,18 @@ struct View<'a> {
     model: Option<&'a str>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(borrow, default)]
+    user: Option<&'a str>,
 }
 
 /// What the pipeline needs to know of a request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
-    /// Index of the requested model in the snapshot.
-    pub model: usize,
+    /// What the requested model name refers to.
+    pub model: ModelRef,
     pub stream: bool,
+    /// A stable hash of the body's `user`, for sticky experiments.
+    pub user: Option<u64>,
 }
 
 /// Reused parse buffers of one worker.
@@ -51,7 +56,7 @@ impl ParseScratch {
     pub fn facts(
         &mut self,
         body: &[u8],
-        lookup: impl FnOnce(&str) -> Option<usize>,
+        lookup: impl FnOnce(&str) -> Option<ModelRef>,
     ) -> Result<RequestFacts, GatewayError> {
         if body.is_empty() {
             return Err(GatewayError::InvalidJson("the body is empty".into()));
@@ -68,8 +73,17 @@ impl ParseScratch {
         Ok(RequestFacts {
             model,
             stream: view.stream.unwrap_or(false),
+            user: view.user.map(|u| stable_hash(u.as_bytes())),
         })
     }
+}
+
+/// FNV-1a: stable across processes and versions, so a sticky choice
+/// survives restarts and is the same on every node.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn describe(e: &simd_json::Error) -> String {
@@ -86,22 +100,18 @@ mod tests {
     use super::*;
 
     fn facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
-        ParseScratch::default().facts(body, |m| (m == "m1").then_some(7))
+        ParseScratch::default().facts(body, |m| (m == "m1").then_some(ModelRef::Model(7)))
     }
 
     #[test]
     fn reads_model_and_stream() {
         let f = facts(
-            br#"{"messages":[{"role":"user","content":"hi \"m2\""}],"model":"m1","stream":true}"#,
+            br#"{"messages":[{"role":"user","content":"hi \"m2\""}],"model":"m1","stream":true,"user":"u1"}"#,
         )
         .unwrap();
-        assert_eq!(
-            f,
-            RequestFacts {
-                model: 7,
-                stream: true
-            }
-        );
+        assert_eq!(f.model, ModelRef::Model(7));
+        assert!(f.stream);
+        assert_eq!(f.user, Some(stable_hash(b"u1")));
     }
 
     #[test]

@@ -250,6 +250,10 @@ pub struct UpstreamConfig {
     pub api_key_env: Option<String>,
     /// PEM bundle of CAs to trust for an https upstream.
     pub ca_file: Option<PathBuf>,
+    /// The model server's Prometheus endpoint (vLLM, TGI), read on every
+    /// health interval for its queue length; `least_outstanding` adds it
+    /// to sluice's own in-flight count.
+    pub metrics_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -338,7 +342,7 @@ pub enum Sticky {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResilienceConfig {
     /// Extra attempts on connect errors, 429, 502, 503, 504.
@@ -348,6 +352,9 @@ pub struct ResilienceConfig {
     /// Consecutive failures that open a target's circuit.
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
+    /// Retries allowed as a fraction of requests (a token bucket per
+    /// worker), so an outage does not multiply the load.
+    pub retry_budget: f64,
 }
 
 impl Default for ResilienceConfig {
@@ -357,6 +364,7 @@ impl Default for ResilienceConfig {
             backoff_ms: 50,
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
+            retry_budget: 0.2,
         }
     }
 }

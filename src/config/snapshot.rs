@@ -4,7 +4,7 @@
 //! features are not built yet, so nothing in a file is silently ignored.
 
 use super::validate::parse_http_url;
-use super::{Balance, Config, IoMode};
+use super::{Balance, Config, IoMode, Sticky};
 use crate::upstream::UpstreamSpec;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -24,6 +24,8 @@ pub enum SnapshotError {
     },
     #[error("{0}: {1}")]
     Address(&'static str, String),
+    #[error("{0}")]
+    Access(String),
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +49,38 @@ pub struct ModelRoute {
     pub rewrite_to: Option<Box<str>>,
     /// Indexes into `Snapshot::upstreams`.
     pub targets: Box<[usize]>,
+    /// The targets' weights, in the same order.
+    pub weights: Box<[u32]>,
+    pub balance: Balance,
+    /// Models (indexes) tried in order when every target failed or is open.
+    pub fallbacks: Box<[usize]>,
+}
+
+/// One `[[experiments]]` entry: requests for `name` go to a variant.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub name: Box<str>,
+    /// (model index, weight) per variant.
+    pub variants: Box<[(usize, u32)]>,
+    pub total_weight: u32,
+    pub sticky: Sticky,
+}
+
+/// What a client's `model` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRef {
+    Model(usize),
+    Experiment(usize),
+}
+
+/// `[resilience]` with its durations typed.
+#[derive(Debug, Clone)]
+pub struct Resilience {
+    pub retries: u32,
+    pub backoff: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub retry_budget: f64,
 }
 
 #[derive(Debug)]
@@ -55,15 +89,22 @@ pub struct Snapshot {
     pub metrics_listen: Option<SocketAddr>,
     pub upstreams: Vec<UpstreamSpec>,
     pub models: Vec<ModelRoute>,
-    model_index: HashMap<Box<str>, usize>,
+    pub experiments: Vec<Experiment>,
+    model_index: HashMap<Box<str>, ModelRef>,
+    pub resilience: Resilience,
+    /// `[alerts].webhook`: breaker changes are posted here.
+    pub alert_webhook: Option<Box<str>>,
     /// The body of `GET /v1/models`, built once.
     pub models_json: Vec<u8>,
+    /// Teams, static keys, JWT verifier (`[auth]`, `[[teams]]`, `[[keys]]`, `[[agents]]`).
+    pub access: crate::pipeline::auth::Access,
     /// SHA-256 of the configuration file's text (for audit and logs).
     pub config_hash: String,
 }
 
 impl Snapshot {
-    pub fn model(&self, name: &str) -> Option<usize> {
+    /// What a client's model name refers to: a model or an experiment.
+    pub fn resolve(&self, name: &str) -> Option<ModelRef> {
         self.model_index.get(name).copied()
     }
 
@@ -136,6 +177,9 @@ impl Snapshot {
                     first_byte_timeout: Duration::from_millis(u.first_byte_timeout_ms),
                     total_timeout: Duration::from_millis(u.total_timeout_ms),
                     region: u.region.as_deref().map(Into::into),
+                    health_path: u.health_path.as_deref().map(Into::into),
+                    metrics_path: u.metrics_path.as_deref().map(Into::into),
+                    health_interval: Duration::from_millis(u.health_interval_ms),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -145,10 +189,21 @@ impl Snapshot {
             .enumerate()
             .map(|(i, u)| (u.name.as_str(), i))
             .collect();
+        let model_positions: HashMap<&str, usize> = cfg
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
+            .collect();
+        // validate() guarantees that every name below refers to something.
+        let model_at = |name: &String| model_positions.get(name.as_str()).copied();
         let models: Vec<ModelRoute> = cfg
             .models
             .iter()
             .map(|m| ModelRoute {
+                weights: m.targets.iter().map(|t| t.weight.max(1)).collect(),
+                balance: m.balance,
+                fallbacks: m.fallbacks.iter().filter_map(model_at).collect(),
                 name: m.name.as_str().into(),
                 rewrite_to: m
                     .upstream_model
@@ -163,19 +218,58 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
+        let experiments: Vec<Experiment> = cfg
+            .experiments
+            .iter()
+            .map(|e| {
+                let variants: Box<[(usize, u32)]> = e
+                    .variants
+                    .iter()
+                    .filter_map(|v| Some((model_at(&v.model)?, v.weight.max(1))))
+                    .collect();
+                Experiment {
+                    name: e.name.as_str().into(),
+                    total_weight: variants.iter().map(|v| v.1).sum(),
+                    variants,
+                    sticky: e.sticky,
+                }
+            })
+            .collect();
         let model_index = models
             .iter()
             .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
+            .map(|(i, m)| (m.name.clone(), ModelRef::Model(i)))
+            .chain(
+                cfg.experiments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.model.as_str().into(), ModelRef::Experiment(i))),
+            )
             .collect();
-        let models_json = models_list_json(&models);
+        let r = cfg.resilience.clone().unwrap_or_default();
+        let resilience = Resilience {
+            retries: r.retries,
+            backoff: Duration::from_millis(r.backoff_ms),
+            breaker_failures: r.breaker_failures.max(1),
+            breaker_cooldown: Duration::from_millis(r.breaker_cooldown_ms),
+            retry_budget: r.retry_budget,
+        };
+        let mut listed: Vec<&str> = models.iter().map(|m| &*m.name).collect();
+        listed.extend(cfg.experiments.iter().map(|e| e.model.as_str()));
+        let models_json = models_list_json(&listed);
+        let access =
+            crate::pipeline::auth::Access::build(cfg, &listed).map_err(SnapshotError::Access)?;
         Ok(Snapshot {
             server: settings,
             metrics_listen,
             upstreams,
             models,
+            experiments,
             model_index,
+            resilience,
+            alert_webhook: cfg.alerts.as_ref().map(|a| a.webhook.as_str().into()),
             models_json,
+            access,
             config_hash: hex::encode(Sha256::digest(source.as_bytes())),
         })
     }
@@ -187,12 +281,12 @@ fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, SnapshotErro
         .map_err(|e| SnapshotError::Address(key, format!("{value:?}: {e}")))
 }
 
-fn models_list_json(models: &[ModelRoute]) -> Vec<u8> {
-    let data: Vec<_> = models
+pub fn models_list_json(names: &[&str]) -> Vec<u8> {
+    let data: Vec<_> = names
         .iter()
-        .map(|m| {
+        .map(|name| {
             serde_json::json!({
-                "id": &*m.name,
+                "id": name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "sluice",
@@ -221,48 +315,46 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         "cluster",
         "shared limits through Redis",
     );
-    section(
-        !cfg.experiments.is_empty(),
-        "experiments",
-        "A/B experiments",
-    );
-    section(
-        cfg.resilience.is_some(),
-        "resilience",
-        "retries and circuit breakers",
-    );
-    section(cfg.auth.is_some(), "auth", "API keys and JWT");
-    section(!cfg.teams.is_empty(), "teams", "teams, budgets and limits");
-    section(!cfg.keys.is_empty(), "keys", "API keys");
-    section(cfg.alerts.is_some(), "alerts", "alert webhooks");
     section(cfg.pii.is_some(), "pii", "PII scanning");
     section(cfg.safety.is_some(), "safety", "content safety");
     section(cfg.cache.is_some(), "cache", "response cache");
     section(!cfg.agents.is_empty(), "agents", "agent tool policies");
     section(!cfg.approvals.is_empty(), "approvals", "human approval");
+    for (i, t) in cfg.teams.iter().enumerate() {
+        let limits = [
+            (
+                t.budget.is_some() || !t.alert_at.is_empty(),
+                "budget / alert_at (budgets)",
+            ),
+            (
+                t.rpm.is_some() || t.tpm.is_some() || t.max_concurrent.is_some(),
+                "rpm / tpm / max_concurrent (rate limits)",
+            ),
+            (t.cache.is_some(), "cache (response cache)"),
+            (t.audit_detail.is_some(), "audit_detail (audit log)"),
+        ];
+        for (present, what) in limits {
+            if present {
+                out.push(format!("teams[{i}].{what}"));
+            }
+        }
+    }
+    for (i, k) in cfg.keys.iter().enumerate() {
+        if k.rpm.is_some() || k.tpm.is_some() || k.max_concurrent.is_some() || k.budget.is_some() {
+            out.push(format!(
+                "keys[{i}].rpm / tpm / max_concurrent / budget (rate limits and budgets)"
+            ));
+        }
+    }
     for (i, u) in cfg.upstreams.iter().enumerate() {
         if u.url.to_ascii_lowercase().starts_with("https://") {
             out.push(format!("upstreams[{i}].url https:// (TLS to upstreams)"));
-        }
-        if u.health_path.is_some() {
-            out.push(format!("upstreams[{i}].health_path (active health checks)"));
         }
         if u.ca_file.is_some() {
             out.push(format!("upstreams[{i}].ca_file (TLS to upstreams)"));
         }
     }
     for (i, m) in cfg.models.iter().enumerate() {
-        if m.balance != Balance::RoundRobin {
-            out.push(format!("models[{i}].balance other than round_robin"));
-        }
-        if m.targets.iter().any(|t| t.weight != 1) {
-            out.push(format!(
-                "models[{i}].targets weight other than 1 (weighted balancing)"
-            ));
-        }
-        if !m.fallbacks.is_empty() {
-            out.push(format!("models[{i}].fallbacks"));
-        }
         if m.price.is_some() || m.tier.is_some() {
             out.push(format!("models[{i}].price / tier (cost accounting)"));
         }

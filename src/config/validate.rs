@@ -186,6 +186,9 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<Issue>> {
         v.at_least("resilience.backoff_ms", r.backoff_ms, 1);
         v.at_least("resilience.breaker_failures", r.breaker_failures.into(), 1);
         v.at_least("resilience.breaker_cooldown_ms", r.breaker_cooldown_ms, 1);
+        if !(0.0..=1.0).contains(&r.retry_budget) {
+            v.issue("resilience.retry_budget", "must be between 0 and 1");
+        }
     }
     if let Some(auth) = &cfg.auth {
         v.auth(auth);
@@ -448,12 +451,12 @@ impl Validator {
         ] {
             self.at_least(&format!("{p}.{key}"), value, 1);
         }
-        if let Some(hp) = &u.health_path {
-            if !hp.starts_with('/') {
-                self.issue(
-                    format!("{p}.health_path"),
-                    format!("{hp:?} must start with /"),
-                );
+        for (key, path) in [
+            ("health_path", &u.health_path),
+            ("metrics_path", &u.metrics_path),
+        ] {
+            if let Some(path) = path.as_deref().filter(|p| !p.starts_with('/')) {
+                self.issue(format!("{p}.{key}"), format!("{path:?} must start with /"));
             }
         }
         self.non_empty_opt(&format!("{p}.api_key_env"), u.api_key_env.as_ref());

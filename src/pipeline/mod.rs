@@ -3,13 +3,18 @@
 //! forward and relay. Authentication, authorization, limits, guards and
 //! the cache slot in between these steps as they are built.
 
+pub mod auth;
+pub mod authorize;
 pub mod filter;
+pub mod jwt;
 pub mod relay;
 pub mod route;
 
 use crate::api::json;
+use crate::api::request::stable_hash;
 use crate::api::request::Endpoint;
-use crate::config::snapshot::ModelRoute;
+use crate::api::GatewayError;
+use crate::config::snapshot::{ModelRef, ModelRoute};
 use crate::http::head::is_hop_by_hop;
 use crate::http::response::push_u64;
 use crate::http::server::{reply_error, ClientIo, Outcome, Request};
@@ -17,8 +22,11 @@ use crate::metrics::NO_MODEL;
 use crate::runtime::worker::Worker;
 use crate::upstream::UpstreamSpec;
 use filter::AnswerFilters;
+use relay::Forwarded;
 use std::borrow::Cow;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 pub async fn run(
     worker: &Rc<Worker>,
@@ -27,59 +35,205 @@ pub async fn run(
     _endpoint: Endpoint,
 ) -> Outcome {
     let snapshot = &worker.snapshot;
+    // auth: credentials -> principal (None when access control is off).
+    let principal = match auth::check(worker, req) {
+        Ok(p) => p,
+        Err(e) => return refuse(worker, io, req, &e).await,
+    };
     let facts = worker
         .scratch
         .borrow_mut()
-        .facts(req.body, |name| snapshot.model(name));
+        .facts(req.body, |name| snapshot.resolve(name));
     let facts = match facts {
         Ok(f) => f,
-        Err(e) => {
-            let outcome = reply_error(worker, io, &e, req.keep_alive).await;
-            let seconds = req.started.elapsed().as_secs_f64();
-            worker
-                .metrics
-                .request(u32::MAX, NO_MODEL, outcome.status, seconds);
-            return outcome;
-        }
+        Err(e) => return refuse(worker, io, req, &e).await,
     };
-    let model = &snapshot.models[facts.model];
+    // authorize: model allow-list and data residency.
+    if let Some(p) = &principal {
+        let name = authorize::client_name(snapshot, facts.model);
+        if let Err(e) = authorize::model(p, snapshot, facts.model, name) {
+            return refuse(worker, io, req, &e).await;
+        }
+    }
     // The body forwarded: the client's bytes unless a step rewrites them.
     let body: Cow<'_, [u8]> = Cow::Borrowed(req.body);
     // Steps that change the answer on its way back register here.
     let mut filters = AnswerFilters::default();
-    let upstream = worker.router.pick(snapshot, facts.model);
-    build_upstream_request(
-        &mut io.upstream_buf,
-        req,
-        &body,
-        &io.request_id,
-        &snapshot.upstreams[upstream],
-        model,
-    );
-    let relayed = relay::forward(worker, io, req, upstream, &mut filters).await;
+
+    // route: experiment variant, then targets, retries and fallbacks.
+    let reach = route::Reach {
+        regions: principal.as_ref().and_then(|p| p.allowed_regions()),
+    };
+    let key_hash = match &principal {
+        Some(p) => Some(stable_hash(p.key_id().as_bytes())),
+        None => req.header("authorization").map(stable_hash),
+    };
+    let (asked, experiment) = match facts.model {
+        ModelRef::Model(m) => (m, None),
+        ModelRef::Experiment(e) => {
+            let variant = worker
+                .router
+                .variant(&snapshot.experiments[e], facts.user, key_hash);
+            (variant, Some(e))
+        }
+    };
+    let may_use = |m: usize| {
+        principal
+            .as_ref()
+            .is_none_or(|p| p.team.may_use_model(&snapshot.models[m].name))
+    };
+    let fallbacks: Vec<usize> = snapshot.models[asked]
+        .fallbacks
+        .iter()
+        .copied()
+        .filter(|&m| may_use(m))
+        .collect();
+    let resilience = &snapshot.resilience;
+    let states = &*worker.shared.upstreams;
+    let router = &worker.router;
+    router.earn_retry(resilience.retry_budget);
+    let mut tried = route::Tried::default();
+    let mut chain = std::iter::once(asked).chain(fallbacks.iter().copied());
+    let mut model = chain.next().unwrap_or(asked);
+    let mut retries = 0u32;
+    let mut last_error: Option<GatewayError> = None;
+    let relayed = loop {
+        let upstream = loop {
+            if let Some(u) = router.pick(snapshot, states, model, &mut tried, reach) {
+                break Some(u);
+            }
+            match chain.next() {
+                Some(next) => model = next,
+                None => break None,
+            }
+        };
+        let Some(upstream) = upstream else {
+            let error = last_error.take().unwrap_or_else(|| {
+                GatewayError::NoUpstream(snapshot.models[asked].name.to_string())
+            });
+            return refuse(worker, io, req, &error).await;
+        };
+        let mut after = tried.clone();
+        after.push(upstream);
+        let elsewhere = router.has_target(snapshot, states, model, &after, reach)
+            || chain
+                .clone()
+                .any(|m| router.has_target(snapshot, states, m, &after, reach));
+        let may_retry = elsewhere && retries < resilience.retries && router.can_retry();
+        let route = &snapshot.models[model];
+        build_upstream_request(
+            &mut io.upstream_buf,
+            req,
+            &body,
+            &io.request_id,
+            &snapshot.upstreams[upstream],
+            route,
+        );
+        let attempt = relay::Attempt {
+            upstream,
+            may_retry,
+            served_model: (model != asked || experiment.is_some()).then_some(&*route.name),
+        };
+        let state = states.get(upstream);
+        state.inflight.fetch_add(1, Relaxed);
+        let forwarded = relay::forward(worker, io, req, attempt, &mut filters).await;
+        state.inflight.fetch_sub(1, Relaxed);
+        match forwarded {
+            Forwarded::Answered(relayed) => {
+                record_attempt(worker, upstream, relayed.upstream_outcome, relayed.ttfb);
+                break relayed;
+            }
+            Forwarded::Retry { outcome, error, .. } => {
+                record_attempt(worker, upstream, outcome, None);
+                tried.push(upstream);
+                retries += 1;
+                router.spend_retry();
+                worker.metrics.retry(outcome);
+                tracing::info!(request_id = %String::from_utf8_lossy(&io.request_id), upstream = %snapshot.upstreams[upstream].name, outcome, "retrying on another target");
+                last_error = Some(error);
+                // Exponential backoff with full jitter.
+                let ceiling = resilience
+                    .backoff
+                    .saturating_mul(1 << (retries - 1).min(10));
+                let wait = ceiling.mul_f64((router.random() % 1000) as f64 / 1000.0);
+                if !wait.is_zero() {
+                    monoio::time::sleep(wait).await;
+                }
+            }
+        }
+    };
 
     let metrics = &worker.metrics;
-    let model_key = facts.model as u32;
+    let route = &snapshot.models[model];
+    let model_key = model as u32;
     let elapsed = req.started.elapsed();
-    metrics.request(
-        model_key,
-        &model.name,
-        relayed.outcome.status,
-        elapsed.as_secs_f64(),
-    );
+    let status = relayed.outcome.status;
+    metrics.request(model_key, &route.name, status, elapsed.as_secs_f64());
     metrics.overhead(elapsed.saturating_sub(relayed.upstream_time).as_secs_f64());
-    metrics.upstream(
-        upstream as u32,
-        &snapshot.upstreams[upstream].name,
-        relayed.upstream_outcome,
-    );
     if let Some(usage) = relayed.usage {
-        metrics.tokens(model_key, &model.name, usage.input, usage.output);
+        metrics.tokens(model_key, &route.name, usage.input, usage.output);
     }
     if let Some(ttft) = relayed.time_to_first_event {
-        metrics.time_to_first_token(model_key, &model.name, ttft.as_secs_f64());
+        metrics.time_to_first_token(model_key, &route.name, ttft.as_secs_f64());
+    }
+    if model != asked {
+        metrics.fallback(
+            (asked as u32, model as u32),
+            &snapshot.models[asked].name,
+            &route.name,
+        );
+    }
+    if let Some(e) = experiment {
+        let names = (
+            &*snapshot.experiments[e].name,
+            &*snapshot.models[asked].name,
+        );
+        let tokens = relayed.usage.map(|u| (u.input, u.output));
+        metrics.experiment(
+            (e as u32, asked as u32),
+            names,
+            status,
+            elapsed.as_secs_f64(),
+            tokens,
+        );
     }
     relayed.outcome
+}
+
+/// Feeds one attempt's result to the upstream's breaker, latency average
+/// and metrics.
+fn record_attempt(worker: &Worker, upstream: usize, outcome: &'static str, ttfb: Option<Duration>) {
+    let snapshot = &worker.snapshot;
+    let state = worker.shared.upstreams.get(upstream);
+    worker
+        .metrics
+        .upstream(upstream as u32, &snapshot.upstreams[upstream].name, outcome);
+    if let Some(ttfb) = ttfb {
+        state.record_ttfb(ttfb);
+    }
+    let success = match outcome {
+        "client_cancelled" => return,
+        "ok" | "client_error" | "rate_limited" | "filtered" => true,
+        _ => false,
+    };
+    if let Some(change) = state.record(success, snapshot.resilience.breaker_failures) {
+        route::breaker_changed(snapshot, upstream, change);
+    }
+}
+
+/// Answers a refused request with its error and counts it.
+async fn refuse(
+    worker: &Rc<Worker>,
+    io: &mut ClientIo,
+    req: &Request<'_>,
+    e: &crate::api::GatewayError,
+) -> Outcome {
+    let outcome = reply_error(worker, io, e, req.keep_alive).await;
+    let seconds = req.started.elapsed().as_secs_f64();
+    worker
+        .metrics
+        .request(u32::MAX, NO_MODEL, outcome.status, seconds);
+    outcome
 }
 
 /// Client request headers that are never forwarded: hop-by-hop ones, the

@@ -41,6 +41,41 @@ pub struct Relayed {
     pub upstream_outcome: &'static str,
     pub usage: Option<Usage>,
     pub time_to_first_event: Option<Duration>,
+    /// From writing the request to the upstream's response head.
+    pub ttfb: Option<Duration>,
+}
+
+/// One attempt at an upstream, as the pipeline asks for it.
+pub struct Attempt<'a> {
+    pub upstream: usize,
+    /// Whether a retryable failure should come back unanswered (another
+    /// target or a fallback is left and the retry budget allows it).
+    pub may_retry: bool,
+    /// Sent as `x-sluice-model` when a fallback or experiment variant
+    /// answers instead of the model asked for.
+    pub served_model: Option<&'a str>,
+}
+
+pub enum Forwarded {
+    Answered(Relayed),
+    /// Nothing reached the client; the pipeline may try elsewhere.
+    Retry {
+        outcome: &'static str,
+        error: GatewayError,
+        upstream_time: Duration,
+    },
+}
+
+/// Upstream statuses worth another target: overload and gateway trouble.
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+fn retryable_error(e: &UpstreamError) -> bool {
+    matches!(
+        e,
+        UpstreamError::Connect(..) | UpstreamError::FirstByteTimeout(_)
+    )
 }
 
 enum Failure {
@@ -102,9 +137,10 @@ pub async fn forward(
     worker: &Rc<Worker>,
     io: &mut ClientIo,
     req: &Request<'_>,
-    upstream: usize,
+    attempt: Attempt<'_>,
     filters: &mut AnswerFilters,
-) -> Relayed {
+) -> Forwarded {
+    let upstream = attempt.upstream;
     let spec = &worker.snapshot.upstreams[upstream];
     let sent_at = Instant::now();
     let total_deadline = sent_at + spec.total_timeout;
@@ -120,8 +156,23 @@ pub async fn forward(
     };
     let (conn, head) = match connected {
         Ok(c) => c,
-        Err(failure) => return fail_before_answer(worker, io, req, failure, sent_at).await,
+        Err(Failure::Upstream(e)) if attempt.may_retry && retryable_error(&e) => {
+            return retry(e.outcome(), GatewayError::Upstream(e), sent_at)
+        }
+        Err(failure) => {
+            return Forwarded::Answered(fail_before_answer(worker, io, req, failure, sent_at).await)
+        }
     };
+    if attempt.may_retry && retryable_status(head.status) {
+        // Dropping the connection is cheaper than reading a body no one
+        // will see, and the upstream is in trouble anyway.
+        let status = head.status;
+        return retry(
+            outcome_label(status),
+            GatewayError::UpstreamStatus(status),
+            sent_at,
+        );
+    }
     let relay = Relay {
         worker,
         upstream,
@@ -129,11 +180,22 @@ pub async fn forward(
         sent_at,
         total_deadline,
         first_deadline,
+        ttfb: sent_at.elapsed(),
+        may_retry: attempt.may_retry,
+        served_model: attempt.served_model,
     };
     if head.event_stream {
         relay.stream_events(io, req, conn, head, filters).await
     } else {
-        relay.whole_body(io, req, conn, head, filters).await
+        Forwarded::Answered(relay.whole_body(io, req, conn, head, filters).await)
+    }
+}
+
+fn retry(outcome: &'static str, error: GatewayError, sent_at: Instant) -> Forwarded {
+    Forwarded::Retry {
+        outcome,
+        error,
+        upstream_time: sent_at.elapsed(),
     }
 }
 
@@ -180,6 +242,7 @@ async fn fail_before_answer(
                 upstream_outcome: "client_cancelled",
                 usage: None,
                 time_to_first_event: None,
+                ttfb: None,
             }
         }
         Failure::Upstream(e) => {
@@ -192,6 +255,7 @@ async fn fail_before_answer(
                 upstream_outcome,
                 usage: None,
                 time_to_first_event: None,
+                ttfb: None,
             }
         }
     }
@@ -200,7 +264,13 @@ async fn fail_before_answer(
 /// Appends the client's response head from the upstream's: its status and
 /// end-to-end headers, plus the ones sluice adds. The framing headers are
 /// added by the caller.
-fn client_head(out: &mut Vec<u8>, upstream_buf: &[u8], head: &ResponseHead, upstream_name: &str) {
+fn client_head(
+    out: &mut Vec<u8>,
+    upstream_buf: &[u8],
+    head: &ResponseHead,
+    upstream_name: &str,
+    served_model: Option<&str>,
+) {
     out.clear();
     response::status_line(out, head.status);
     for h in &head.headers {
@@ -213,6 +283,9 @@ fn client_head(out: &mut Vec<u8>, upstream_buf: &[u8], head: &ResponseHead, upst
         }
     }
     response::header(out, b"x-sluice-upstream", upstream_name.as_bytes());
+    if let Some(model) = served_model {
+        response::header(out, b"x-sluice-model", model.as_bytes());
+    }
 }
 
 /// Token counts from a JSON object's top-level `usage`.
@@ -239,6 +312,9 @@ struct Relay<'a> {
     sent_at: Instant,
     total_deadline: Instant,
     first_deadline: Instant,
+    ttfb: Duration,
+    may_retry: bool,
+    served_model: Option<&'a str>,
 }
 
 impl Relay<'_> {
@@ -256,6 +332,7 @@ impl Relay<'_> {
             upstream_outcome,
             usage,
             time_to_first_event: ttft,
+            ttfb: Some(self.ttfb),
         }
     }
 
@@ -285,7 +362,13 @@ impl Relay<'_> {
         head: ResponseHead,
         filters: &mut AnswerFilters,
     ) -> Relayed {
-        client_head(&mut io.wbuf, &conn.buf, &head, &self.spec.name);
+        client_head(
+            &mut io.wbuf,
+            &conn.buf,
+            &head,
+            &self.spec.name,
+            self.served_model,
+        );
         let mut reader = BodyReader::new(&head);
         io.relay_buf.clear();
         let read = {
@@ -359,7 +442,7 @@ impl Relay<'_> {
         mut conn: UpstreamConn,
         head: ResponseHead,
         filters: &mut AnswerFilters,
-    ) -> Relayed {
+    ) -> Forwarded {
         let filtering = is_success(head.status) && !filters.is_empty();
         let mut filtered = Vec::new();
         let chunked = !req.head.http10;
@@ -377,7 +460,13 @@ impl Relay<'_> {
             }
         };
         let mut pending_head = Vec::with_capacity(512);
-        client_head(&mut pending_head, &conn.buf, &head, &self.spec.name);
+        client_head(
+            &mut pending_head,
+            &conn.buf,
+            &head,
+            &self.spec.name,
+            self.served_model,
+        );
         if chunked {
             response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);
         } else {
@@ -422,12 +511,25 @@ impl Relay<'_> {
                         status: head.status,
                         keep_alive: false,
                     };
-                    return self.finished(outcome, label, usage, ttft, self.sent_at.elapsed());
+                    return Forwarded::Answered(self.finished(
+                        outcome,
+                        label,
+                        usage,
+                        ttft,
+                        self.sent_at.elapsed(),
+                    ));
+                }
+                Err(Failure::Upstream(e)) if self.may_retry && retryable_error(&e) => {
+                    return retry(e.outcome(), GatewayError::Upstream(e), self.sent_at);
                 }
                 Err(failure @ Failure::Upstream(_)) => {
-                    return fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
+                    let relayed =
+                        fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
+                    return Forwarded::Answered(relayed);
                 }
-                Err(Failure::ClientGone) => return self.client_left(usage, ttft),
+                Err(Failure::ClientGone) => {
+                    return Forwarded::Answered(self.client_left(usage, ttft))
+                }
             };
             let ready = if more && io.relay_buf.len() < MAX_PENDING_EVENT {
                 sse::complete_events_len(&io.relay_buf)
@@ -473,7 +575,13 @@ impl Relay<'_> {
                         status: head.status,
                         keep_alive: false,
                     };
-                    return self.finished(outcome, "filtered", usage, ttft, self.sent_at.elapsed());
+                    return Forwarded::Answered(self.finished(
+                        outcome,
+                        "filtered",
+                        usage,
+                        ttft,
+                        self.sent_at.elapsed(),
+                    ));
                 }
             }
             if !more {
@@ -484,7 +592,7 @@ impl Relay<'_> {
             }
             io.relay_buf.drain(..ready);
             if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
-                return self.client_left(usage, ttft);
+                return Forwarded::Answered(self.client_left(usage, ttft));
             }
             if !more {
                 break;
@@ -498,13 +606,13 @@ impl Relay<'_> {
             status: head.status,
             keep_alive,
         };
-        self.finished(
+        Forwarded::Answered(self.finished(
             outcome,
             outcome_label(head.status),
             usage,
             ttft,
             upstream_time,
-        )
+        ))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod worker;
 
 use crate::config::snapshot::Snapshot;
 use crate::config::IoMode;
+use crate::pipeline::auth::KeyTable;
 use futures_channel::oneshot;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -41,13 +42,23 @@ pub enum RuntimeError {
 /// Process-wide state the workers share: read-mostly, atomics only.
 pub struct Shared {
     pub snapshot: Arc<Snapshot>,
+    /// Every usable API key (static and admin-created), swapped whole by
+    /// the admin API; the request path only loads it.
+    pub keys: arc_swap::ArcSwap<KeyTable>,
+    /// Load, latency, health and breakers of every upstream, shared by all
+    /// workers (atomics only).
+    pub upstreams: Arc<crate::upstream::health::UpstreamStates>,
     draining: AtomicBool,
 }
 
 impl Shared {
     pub fn new(snapshot: Arc<Snapshot>) -> Arc<Self> {
+        let keys = KeyTable::build(&snapshot.access, &snapshot.access.static_keys);
+        let upstreams = crate::upstream::health::UpstreamStates::new(snapshot.upstreams.len());
         Arc::new(Self {
             snapshot,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+            upstreams,
             draining: AtomicBool::new(false),
         })
     }
@@ -110,6 +121,11 @@ impl Gateway {
     /// Starts every worker and waits until each listens (or one fails).
     pub fn start(snapshot: Arc<Snapshot>) -> Result<Self, RuntimeError> {
         let shared = Shared::new(snapshot.clone());
+        crate::upstream::health::spawn_checker(
+            snapshot.upstreams.clone(),
+            shared.upstreams.clone(),
+        )
+        .map_err(|e| RuntimeError::Thread(e.to_string()))?;
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut workers = Vec::new();

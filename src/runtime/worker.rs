@@ -38,7 +38,10 @@ impl Worker {
         Self {
             id,
             pools: Pools::new(&snapshot.upstreams),
-            router: Router::new(&snapshot),
+            router: Router::new(
+                &snapshot,
+                nanos ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
             metrics: WorkerMetrics::default(),
             scratch: RefCell::new(ParseScratch::default()),
             inflight: Cell::new(0),

@@ -25,6 +25,11 @@ pub struct UpstreamSpec {
     pub first_byte_timeout: Duration,
     pub total_timeout: Duration,
     pub region: Option<Box<str>>,
+    /// Active health check path (GET, 2xx = pass).
+    pub health_path: Option<Box<str>>,
+    /// The model server's Prometheus endpoint, read for its queue length.
+    pub metrics_path: Option<Box<str>>,
+    pub health_interval: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -56,3 +61,4 @@ impl UpstreamError {
         }
     }
 }
+pub mod health;

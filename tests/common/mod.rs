@@ -144,6 +144,9 @@ pub struct Config {
     pub models: Vec<ModelCfg>,
     /// Environment of the gateway process.
     pub env: Vec<(String, String)>,
+    /// Verbatim TOML appended after everything else (sections such as
+    /// `[auth]`, `[[teams]]`, `[[keys]]`); see [`Config::section`].
+    pub raw: Vec<String>,
 }
 
 impl Default for Config {
@@ -156,6 +159,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             models: Vec::new(),
             env: Vec::new(),
+            raw: Vec::new(),
         }
     }
 }
@@ -225,6 +229,12 @@ impl Config {
         self
     }
 
+    /// Appends verbatim TOML (whole sections) to the rendered file.
+    pub fn section(mut self, toml: &str) -> Self {
+        self.raw.push(toml.to_string());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -262,6 +272,9 @@ impl Config {
                 .map(|t| format!("{{ upstream = {} }}", q(t)))
                 .collect();
             writeln!(out, "targets = [{}]", targets.join(", ")).unwrap();
+        }
+        for r in &self.raw {
+            writeln!(out, "\n{r}").unwrap();
         }
         out
     }

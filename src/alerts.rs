@@ -1,0 +1,133 @@
+//! The alert webhook: JSON POSTs to `[alerts].webhook` (circuit changes
+//! today; budget thresholds with the cost issue), sent by one background
+//! thread from a bounded queue, with retries. A full queue drops the alert
+//! and logs it: alerts never slow a worker.
+
+use std::io::{Read, Write};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const QUEUE: usize = 1024;
+const ATTEMPTS: u32 = 4;
+
+struct Alert {
+    url: Box<str>,
+    body: Vec<u8>,
+}
+
+fn queue() -> &'static SyncSender<Alert> {
+    static SENDER: OnceLock<SyncSender<Alert>> = OnceLock::new();
+    SENDER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Alert>(QUEUE);
+        let _ = std::thread::Builder::new()
+            .name("sluice-alerts".into())
+            .spawn(move || {
+                for alert in rx {
+                    deliver(&alert);
+                }
+            });
+        tx
+    })
+}
+
+/// Queues one alert; never blocks.
+pub fn send(url: &str, payload: serde_json::Value) {
+    let alert = Alert {
+        url: url.into(),
+        body: serde_json::to_vec(&payload).unwrap_or_default(),
+    };
+    match queue().try_send(alert) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => tracing::warn!("alert queue full: alert dropped"),
+        Err(TrySendError::Disconnected(_)) => tracing::warn!("alert thread gone: alert dropped"),
+    }
+}
+
+fn deliver(alert: &Alert) {
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        match post(&alert.url, &alert.body) {
+            Ok(status) if (200..300).contains(&status) => return,
+            Ok(status) => tracing::warn!(attempt, status, "alert webhook refused the alert"),
+            Err(e) => tracing::warn!(attempt, error = %e, "alert webhook unreachable"),
+        }
+        if attempt < ATTEMPTS {
+            std::thread::sleep(backoff);
+            backoff *= 2;
+        }
+    }
+    tracing::error!(url = %alert.url, "alert not delivered after {ATTEMPTS} attempts");
+}
+
+fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let parsed = crate::config::parse_http_url(url).map_err(invalid)?;
+    if parsed.tls {
+        return Err(invalid(
+            "https webhooks need TLS to upstreams (not built yet)".into(),
+        ));
+    }
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))?
+        .next()
+        .ok_or_else(|| invalid(format!("{} has no address", parsed.host)))?;
+    let timeout = Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let path = url
+        .splitn(4, '/')
+        .nth(3)
+        .map_or_else(|| "/".to_owned(), |p| format!("/{p}"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nuser-agent: sluice-alerts\r\nconnection: close\r\n\r\n",
+        parsed.host,
+        parsed.port,
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer)?;
+    let status = std::str::from_utf8(&answer[..n])
+        .ok()
+        .and_then(|s| s.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(status)
+}
+
+/// The current time as RFC 3339 in UTC, to the second.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_dates() {
+        let now = super::now_rfc3339();
+        assert_eq!(now.len(), 20);
+        assert!(now.starts_with("20"));
+        assert!(now.ends_with('Z'));
+    }
+}

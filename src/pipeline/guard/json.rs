@@ -1,0 +1,218 @@
+//! A byte-level walk over a JSON document that simd-json (or serde_json)
+//! has already accepted: it reports the byte range of every string and
+//! number value with its path, so the guard can decode exactly the strings
+//! that reach a model and splice back only the ones it changed.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// One step of a path: an object key (decoded) or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg<'a> {
+    Key(Cow<'a, str>),
+    Idx(usize),
+}
+
+impl Seg<'_> {
+    pub fn is(&self, key: &str) -> bool {
+        matches!(self, Seg::Key(k) if k == key)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    String,
+    Other,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of the string whose opening quote is at `i`.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', &b[i..])?;
+        if b[j] == b'"' {
+            return Some(j + 1);
+        }
+        i = j + 2;
+    }
+}
+
+/// The text of a string literal (quotes included in `raw`), escapes decoded.
+pub fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = &raw[1..raw.len() - 1];
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// Walks the value at `i`; `top` limits which top-level members are entered
+/// (others are skipped without a visit). Calls `f(path, range, kind)` for
+/// scalar values. Returns the end of the value.
+pub fn walk<'a>(
+    b: &'a [u8],
+    top: &dyn Fn(&str) -> bool,
+    f: &mut dyn FnMut(&[Seg<'a>], Range<usize>, Scalar),
+) -> Option<()> {
+    let mut path = Vec::with_capacity(8);
+    let i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    value(b, i, &mut path, Some(top), f).map(|_| ())
+}
+
+fn value<'a>(
+    b: &'a [u8],
+    i: usize,
+    path: &mut Vec<Seg<'a>>,
+    top: Option<&dyn Fn(&str) -> bool>,
+    f: &mut dyn FnMut(&[Seg<'a>], Range<usize>, Scalar),
+) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => {
+            let end = string_end(b, i)?;
+            f(path, i..end, Scalar::String);
+            Some(end)
+        }
+        b'{' => {
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) == Some(&b'}') {
+                return Some(j + 1);
+            }
+            loop {
+                if b.get(j) != Some(&b'"') {
+                    return None;
+                }
+                let key_end = string_end(b, j)?;
+                let key = decode(&b[j..key_end])?;
+                j = skip_ws(b, key_end);
+                if b.get(j) != Some(&b':') {
+                    return None;
+                }
+                j = skip_ws(b, j + 1);
+                let enter = top.is_none_or(|t| t(&key));
+                j = if enter {
+                    path.push(Seg::Key(key));
+                    let end = value(b, j, path, None, f)?;
+                    path.pop();
+                    end
+                } else {
+                    skip(b, j)?
+                };
+                j = skip_ws(b, j);
+                match b.get(j)? {
+                    b',' => j = skip_ws(b, j + 1),
+                    b'}' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        b'[' => {
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) == Some(&b']') {
+                return Some(j + 1);
+            }
+            let mut k = 0;
+            loop {
+                path.push(Seg::Idx(k));
+                j = value(b, j, path, None, f)?;
+                path.pop();
+                k += 1;
+                j = skip_ws(b, j);
+                match b.get(j)? {
+                    b',' => j = skip_ws(b, j + 1),
+                    b']' => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                j += 1;
+            }
+            f(path, i..j, Scalar::Other);
+            Some(j)
+        }
+    }
+}
+
+/// End of the value at `i` without visiting it.
+fn skip(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                let k = j + b[j..]
+                    .iter()
+                    .position(|c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))?;
+                match b[k] {
+                    b'"' => j = string_end(b, k)?,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        j = k + 1;
+                    }
+                    _ => {
+                        depth -= 1;
+                        j = k + 1;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visits_entered_members_with_paths() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"a\"b"},{"content":[{"type":"text","text":"x"}]}],"n":2}"#;
+        let mut seen = Vec::new();
+        walk(body, &|k| k == "messages", &mut |path, r, kind| {
+            let p: Vec<String> = path
+                .iter()
+                .map(|s| match s {
+                    Seg::Key(k) => k.to_string(),
+                    Seg::Idx(i) => i.to_string(),
+                })
+                .collect();
+            seen.push((p.join("."), String::from_utf8_lossy(&body[r]).into_owned(), kind));
+        })
+        .unwrap();
+        assert_eq!(seen[1].0, "messages.0.content");
+        assert_eq!(seen[1].1, r#""a\"b""#);
+        assert_eq!(decode(seen[1].1.as_bytes()).unwrap(), "a\"b");
+        assert_eq!(seen[3].0, "messages.1.content.0.text");
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn skips_nested_values() {
+        let body = br#"{"a":{"b":[1,{"c":"]}"}]},"messages":"z"}"#;
+        let mut n = 0;
+        walk(body, &|k| k == "messages", &mut |_, _, _| n += 1).unwrap();
+        assert_eq!(n, 1);
+    }
+}
