@@ -2,6 +2,7 @@
 //! OpenAI-compatible proxy in front of self-hosted model servers.
 //! See docs/architecture.md for the modules and a request's way through.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod config;
@@ -10,4 +11,5 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod runtime;
+pub mod store;
 pub mod upstream;

@@ -143,7 +143,7 @@ fn serve(file: &std::path::Path) -> Result<(), String> {
     let cfg = config::parse_str(&source, base).map_err(|e| format!("{}: {e}", file.display()))?;
     let snapshot =
         Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", file.display()))?;
-    run_gateway(snapshot)
+    run_gateway(snapshot, &cfg)
 }
 
 /// The embedded default: one model and one embedding model on an
@@ -200,6 +200,7 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
         .replace("MOCK", &mock.to_string());
     let cfg = config::parse_str(&source, std::path::Path::new(".")).map_err(|e| e.to_string())?;
     let snapshot = Snapshot::build(&cfg, &source).map_err(|e| e.to_string())?;
+    let demo_cfg = cfg;
     println!("sluice demo: gateway on http://{listen}, metrics on http://{metrics_listen}/metrics, mock model server on {mock}");
     println!("API key of the demo team: {DEMO_KEY}");
     println!("Try:");
@@ -213,10 +214,49 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     println!("    -d '{{\"model\":\"llama-3.1-8b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
     println!("  curl -s http://{listen}/v1/models -H 'authorization: Bearer {DEMO_KEY}'");
     println!("SDKs: OPENAI_BASE_URL=http://{listen}/v1 OPENAI_API_KEY={DEMO_KEY}; the key is never sent upstream.");
-    run_gateway(snapshot)
+    run_gateway(snapshot, &demo_cfg)
 }
 
-fn run_gateway(snapshot: Snapshot) -> Result<(), String> {
+/// Opens the store (admin-created keys come back from it) and starts the
+/// admin API, when the configuration has them.
+fn start_store_and_admin(
+    shared: &Arc<sluice::runtime::Shared>,
+    cfg: &config::Config,
+) -> Result<(), String> {
+    if cfg.admin.is_none() && cfg.store.is_none() {
+        return Ok(());
+    }
+    let path = cfg.store.as_ref().map(|s| cfg.resolve(&s.path));
+    let store = sluice::store::Store::open(path.as_deref())?;
+    let keys = store.active_keys()?;
+    tracing::info!(keys = keys.len(), path = ?path, "store opened");
+    *shared
+        .dynamic_keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+    shared.rebuild_keys(&shared.snapshot);
+    let _ = shared.store.set(store.clone());
+    if let Some(admin) = &cfg.admin {
+        let addr: SocketAddr = admin
+            .listen
+            .parse()
+            .map_err(|e| format!("admin.listen {:?}: {e}", admin.listen))?;
+        let token = std::env::var(&admin.token_env).unwrap_or_default();
+        if token.len() < 16 {
+            return Err(format!(
+                "admin.token_env: set the environment variable {} to the admin token (16 characters or more)",
+                admin.token_env
+            ));
+        }
+        let bound = sluice::admin::Admin::new(shared.clone(), store, token, None)
+            .serve(addr)
+            .map_err(|e| format!("admin listener on {addr}: {e}"))?;
+        tracing::info!(%bound, "admin API listening");
+    }
+    Ok(())
+}
+
+fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
     signals::block_shutdown_signals();
     let fd_limit = sluice::runtime::raise_fd_limit();
     let snapshot = Arc::new(snapshot);
@@ -227,7 +267,9 @@ fn run_gateway(snapshot: Snapshot) -> Result<(), String> {
     } else {
         sluice::metrics::install();
     }
-    let mut gateway = Gateway::start(snapshot.clone()).map_err(|e| e.to_string())?;
+    let shared = sluice::runtime::Shared::new(snapshot.clone());
+    start_store_and_admin(&shared, cfg)?;
+    let mut gateway = Gateway::start_shared(shared).map_err(|e| e.to_string())?;
     tracing::info!(
         listen = %snapshot.server.listen,
         workers = gateway.drivers.len(),

@@ -21,6 +21,7 @@ pub const WORKER_INFO: &str = "sluice_worker_info";
 pub const DRAINING: &str = "sluice_draining";
 pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
+pub const USAGE_DROPPED_TOTAL: &str = "sluice_usage_records_dropped_total";
 pub const UPSTREAM_HEALTHY: &str = "sluice_upstream_healthy";
 pub const UPSTREAM_INFLIGHT: &str = "sluice_upstream_inflight";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "sluice_upstream_breaker_transitions_total";
@@ -29,6 +30,10 @@ pub const FALLBACKS_TOTAL: &str = "sluice_fallbacks_total";
 pub const EXPERIMENT_REQUESTS_TOTAL: &str = "sluice_experiment_requests_total";
 pub const EXPERIMENT_DURATION: &str = "sluice_experiment_duration_seconds";
 pub const EXPERIMENT_TOKENS_TOTAL: &str = "sluice_experiment_tokens_total";
+pub const PII_FINDINGS_TOTAL: &str = "sluice_pii_findings_total";
+pub const SAFETY_FINDINGS_TOTAL: &str = "sluice_safety_findings_total";
+pub const GUARD_SCANNED_BYTES_TOTAL: &str = "sluice_guard_scanned_bytes_total";
+pub const GUARD_SCAN_SECONDS: &str = "sluice_guard_scan_seconds";
 
 /// Label value for requests that never named a configured model.
 pub const NO_MODEL: &str = "none";
@@ -53,6 +58,9 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(TIME_TO_FIRST_TOKEN.into()), &latency)
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OVERHEAD.into()), &overhead))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(GUARD_SCAN_SECONDS.into()), &overhead)
+                })
                 .expect("static bucket lists are non-empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -113,6 +121,10 @@ fn describe() {
         "Requests refused with 401, by reason (missing_credentials, unknown_key, expired_key, jwt_*, unknown_team)."
     );
     describe_counter!(
+        USAGE_DROPPED_TOTAL,
+        "Usage records dropped because the store's queue was full."
+    );
+    describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Configuration reloads (SIGHUP, POST /admin/reload), by result (ok|error)."
     );
@@ -141,6 +153,23 @@ fn describe() {
     describe_counter!(
         EXPERIMENT_TOKENS_TOTAL,
         "Experiment tokens by experiment, variant and type."
+    );
+    describe_counter!(
+        PII_FINDINGS_TOTAL,
+        "PII findings by entity type and the action taken (values are never recorded)."
+    );
+    describe_counter!(
+        SAFETY_FINDINGS_TOTAL,
+        "Prompt-injection and deny-pattern hits by kind and action."
+    );
+    describe_counter!(
+        GUARD_SCANNED_BYTES_TOTAL,
+        "Bytes of text scanned by the PII/safety guard, by direction."
+    );
+    describe_histogram!(
+        GUARD_SCAN_SECONDS,
+        Unit::Seconds,
+        "Guard scan time per request or per relayed chunk, by direction."
     );
 }
 
@@ -305,6 +334,11 @@ pub fn breaker_transition(upstream: &str, state: &'static str) {
 /// A request refused for its credentials (rare: looked up in the registry).
 pub fn auth_failure(reason: &'static str) {
     counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A usage record found the store's queue full and was dropped.
+pub fn usage_dropped() {
+    counter!(USAGE_DROPPED_TOTAL).increment(1);
 }
 
 pub fn config_reload(result: &'static str) {

@@ -22,6 +22,10 @@ pub enum GatewayError {
     InvalidField(&'static str, &'static str),
     #[error("The model '{0}' does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    #[error("The request contains personal data ({0}); it was not sent to the model.")]
+    PiiDetected(String),
+    #[error("Content policy violation: {0}.")]
+    ContentPolicy(String),
     #[error("Invalid URL ({method} {path})")]
     UnknownPath { method: String, path: String },
     #[error("{method} is not allowed on {path}; use {allow}")]
@@ -95,6 +99,13 @@ impl GatewayError {
             E::MissingField(_) => (400, INVALID, "missing_required_parameter", "missing_field"),
             E::InvalidField(..) => (400, INVALID, "invalid_type", "invalid_field"),
             E::ModelNotFound(_) => (404, INVALID, "model_not_found", "model_not_found"),
+            E::PiiDetected(_) => (400, INVALID, "pii_detected", "pii_detected"),
+            E::ContentPolicy(_) => (
+                400,
+                INVALID,
+                "content_policy_violation",
+                "content_policy_violation",
+            ),
             E::UnknownPath { .. } => (404, INVALID, "unknown_url", "unknown_path"),
             E::MethodNotAllowed { .. } => {
                 (405, INVALID, "method_not_allowed", "method_not_allowed")

@@ -16,6 +16,8 @@ use thiserror::Error;
 pub enum SnapshotError {
     #[error("this build of sluice does not implement yet: {}", .0.join("; "))]
     NotBuilt(Vec<String>),
+    #[error("{0}")]
+    Guard(String),
     #[error("upstreams[{index}] ({name}): {message}")]
     Upstream {
         index: usize,
@@ -98,6 +100,8 @@ pub struct Snapshot {
     pub models_json: Vec<u8>,
     /// Teams, static keys, JWT verifier (`[auth]`, `[[teams]]`, `[[keys]]`, `[[agents]]`).
     pub access: crate::pipeline::auth::Access,
+    /// `[pii]` and `[safety]` compiled (Hyperscan databases, read-only).
+    pub guard: Option<std::sync::Arc<crate::pipeline::guard::Guard>>,
     /// SHA-256 of the configuration file's text (for audit and logs).
     pub config_hash: String,
 }
@@ -270,6 +274,9 @@ impl Snapshot {
             alert_webhook: cfg.alerts.as_ref().map(|a| a.webhook.as_str().into()),
             models_json,
             access,
+            guard: crate::pipeline::guard::Guard::build(cfg)
+                .map_err(SnapshotError::Guard)?
+                .map(std::sync::Arc::new),
             config_hash: hex::encode(Sha256::digest(source.as_bytes())),
         })
     }
@@ -306,8 +313,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
     };
     section(cfg.server.tls.is_some(), "server.tls", "TLS termination");
-    section(cfg.admin.is_some(), "admin", "admin API");
-    section(cfg.store.is_some(), "store", "embedded store");
     section(cfg.audit.is_some(), "audit", "audit log");
     section(cfg.billing.is_some(), "billing", "cost accounting");
     section(
@@ -315,8 +320,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         "cluster",
         "shared limits through Redis",
     );
-    section(cfg.pii.is_some(), "pii", "PII scanning");
-    section(cfg.safety.is_some(), "safety", "content safety");
     section(cfg.cache.is_some(), "cache", "response cache");
     section(!cfg.agents.is_empty(), "agents", "agent tool policies");
     section(!cfg.approvals.is_empty(), "approvals", "human approval");

@@ -39,6 +39,15 @@ impl Principal {
         self.key.as_ref().map_or("jwt", |k| &k.id)
     }
 
+    /// The key id as a shared string (for usage records).
+    pub fn key_id_arc(&self) -> Arc<str> {
+        static JWT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        match &self.key {
+            Some(k) => k.id.clone(),
+            None => JWT.get_or_init(|| Arc::from("jwt")).clone(),
+        }
+    }
+
     /// The team's data-residency regions; None = not restricted. Route
     /// selection takes only targets whose upstream region is listed.
     pub fn allowed_regions(&self) -> Option<&[Box<str>]> {
@@ -49,7 +58,7 @@ impl Principal {
 /// A `[[teams]]` entry as the request path needs it.
 #[derive(Debug)]
 pub struct Team {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Index in the snapshot's team list (stable within one snapshot).
     pub index: usize,
     /// None = every model.
@@ -176,7 +185,7 @@ impl AgentPolicy {
 /// An API key as the request path sees it.
 #[derive(Debug)]
 pub struct Key {
-    pub id: Box<str>,
+    pub id: Arc<str>,
     /// A short identifier for logs and reports (never enough to use the key).
     pub prefix: Box<str>,
     pub sha256: [u8; 32],
@@ -246,7 +255,10 @@ impl Access {
             .enumerate()
             .map(|(index, t)| Arc::new(build_team(index, t, &cfg.agents, models)))
             .collect();
-        let team_index = teams.iter().map(|t| (t.name.clone(), t.index)).collect();
+        let team_index = teams
+            .iter()
+            .map(|t| (Box::from(&*t.name), t.index))
+            .collect();
         let static_keys = cfg
             .keys
             .iter()
@@ -338,6 +350,14 @@ impl KeyTable {
 
     pub fn len(&self) -> usize {
         self.by_hash.len()
+    }
+
+    /// Usable keys of `team`.
+    pub fn count_team(&self, team: &str) -> usize {
+        self.by_hash
+            .values()
+            .filter(|k| &*k.team.name == team)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod authorize;
 pub mod filter;
+pub mod guard;
 pub mod jwt;
 pub mod relay;
 pub mod route;
@@ -56,9 +57,23 @@ pub async fn run(
         }
     }
     // The body forwarded: the client's bytes unless a step rewrites them.
-    let body: Cow<'_, [u8]> = Cow::Borrowed(req.body);
+    let mut body: Cow<'_, [u8]> = Cow::Borrowed(req.body);
     // Steps that change the answer on its way back register here.
     let mut filters = AnswerFilters::default();
+    // guard: PII and content safety on the text that reaches the model.
+    if let Some(guard) = &snapshot.guard {
+        match guard.inspect_request(&worker.guard, None, req.body) {
+            Ok(inspection) => {
+                if let Some(rewritten) = inspection.body {
+                    body = Cow::Owned(rewritten);
+                }
+                if let Some(filter) = inspection.filter {
+                    filters.push(filter);
+                }
+            }
+            Err(e) => return refuse(worker, io, req, &e).await,
+        }
+    }
 
     // route: experiment variant, then targets, retries and fallbacks.
     let reach = route::Reach {
@@ -196,6 +211,11 @@ pub async fn run(
             elapsed.as_secs_f64(),
             tokens,
         );
+    }
+    // account: usage per day, team, key and model, queued for the store.
+    if let (Some(p), Some(store)) = (&principal, worker.shared.store.get()) {
+        let usage = relayed.usage.map_or((0, 0), |u| (u.input, u.output));
+        store.record_request(p, &route.name, usage);
     }
     relayed.outcome
 }

@@ -48,6 +48,11 @@ pub struct Shared {
     /// Load, latency, health and breakers of every upstream, shared by all
     /// workers (atomics only).
     pub upstreams: Arc<crate::upstream::health::UpstreamStates>,
+    /// The embedded store, once opened (usage records go there).
+    pub store: std::sync::OnceLock<crate::store::Store>,
+    /// Keys created through the admin API and not revoked; admin and
+    /// reload only, never the request path.
+    pub dynamic_keys: std::sync::Mutex<Vec<crate::pipeline::auth::KeySpec>>,
     draining: AtomicBool,
 }
 
@@ -59,8 +64,25 @@ impl Shared {
             snapshot,
             keys: arc_swap::ArcSwap::from_pointee(keys),
             upstreams,
+            store: std::sync::OnceLock::new(),
+            dynamic_keys: std::sync::Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// Rebuilds the key table from the snapshot's static keys and the
+    /// admin-created ones, and swaps it in: every worker sees it on its
+    /// next request.
+    pub fn rebuild_keys(&self, snapshot: &Snapshot) {
+        let dynamic = self
+            .dynamic_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = KeyTable::build(
+            &snapshot.access,
+            snapshot.access.static_keys.iter().chain(dynamic.iter()),
+        );
+        self.keys.store(Arc::new(table));
     }
 
     pub fn is_draining(&self) -> bool {
@@ -120,7 +142,13 @@ pub struct Gateway {
 impl Gateway {
     /// Starts every worker and waits until each listens (or one fails).
     pub fn start(snapshot: Arc<Snapshot>) -> Result<Self, RuntimeError> {
-        let shared = Shared::new(snapshot.clone());
+        Self::start_shared(Shared::new(snapshot))
+    }
+
+    /// As [`Gateway::start`], with state prepared by the caller (store,
+    /// admin-created keys).
+    pub fn start_shared(shared: Arc<Shared>) -> Result<Self, RuntimeError> {
+        let snapshot = shared.snapshot.clone();
         crate::upstream::health::spawn_checker(
             snapshot.upstreams.clone(),
             shared.upstreams.clone(),

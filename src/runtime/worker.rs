@@ -24,6 +24,8 @@ pub struct Worker {
     pub router: Router,
     pub metrics: WorkerMetrics,
     pub scratch: RefCell<ParseScratch>,
+    /// Hyperscan scratch and metric handles of the PII/safety guard.
+    pub guard: crate::pipeline::guard::GuardWorker,
     inflight: Cell<usize>,
     request_seq: Cell<u64>,
     request_prefix: u64,
@@ -44,6 +46,7 @@ impl Worker {
             ),
             metrics: WorkerMetrics::default(),
             scratch: RefCell::new(ParseScratch::default()),
+            guard: crate::pipeline::guard::GuardWorker::new(snapshot.guard.as_deref()),
             inflight: Cell::new(0),
             request_seq: Cell::new(0),
             request_prefix: nanos

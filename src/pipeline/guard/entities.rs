@@ -35,6 +35,9 @@ pub struct BuiltinPattern {
     pub caseless: bool,
     pub validate: Validator,
     pub open: OpenRule,
+    /// Longest finding (bytes): longer matches are no finding, and a
+    /// stream never holds back more. 0 = the pattern's own bound.
+    pub max_len: usize,
 }
 
 /// A built-in entity: its configuration name, its mask label and patterns.
@@ -50,7 +53,12 @@ const fn pat(expression: &'static str, validate: Validator, open: OpenRule) -> B
         caseless: false,
         validate,
         open,
+        max_len: 0,
     }
+}
+
+const fn long(max_len: usize, p: BuiltinPattern) -> BuiltinPattern {
+    BuiltinPattern { max_len, ..p }
 }
 
 pub static BUILTINS: &[Builtin] = &[
@@ -58,7 +66,7 @@ pub static BUILTINS: &[Builtin] = &[
         name: "email",
         label: "EMAIL",
         patterns: &[pat(
-            r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,4}\.[A-Za-z]{2,24}",
+            r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}",
             email,
             OpenRule::Class(email_byte),
         )],
@@ -68,11 +76,23 @@ pub static BUILTINS: &[Builtin] = &[
         label: "PHONE",
         patterns: &[
             // E.164 and international notation: +31 20 123 4567, +1 (555) 123-4567
-            pat(r"\+[1-9][0-9 ().\-]{6,20}[0-9]", phone_international, OpenRule::Class(phone_byte)),
+            long(320, pat(
+                r"\+[1-9][0-9 ().\-]{6,20}[0-9]",
+                phone_international,
+                OpenRule::Class(phone_byte),
+            )),
             // 00 prefix: 0031 20 1234567
-            pat(r"\b00[1-9][0-9 ().\-]{6,20}[0-9]", phone_international, OpenRule::Class(phone_byte)),
+            pat(
+                r"\b00[1-9][0-9 ().\-]{6,20}[0-9]",
+                phone_international,
+                OpenRule::Class(phone_byte),
+            ),
             // national with trunk 0: 020-1234567, 06 12345678, (030) 1234567, 01 23 45 67 89
-            pat(r"(?:\(0|\b0)[1-9][0-9 ()./\-]{6,16}[0-9]", phone_national, OpenRule::Class(phone_byte)),
+            pat(
+                r"(?:\(0|\b0)[1-9][0-9 ()./\-]{6,16}[0-9]",
+                phone_national,
+                OpenRule::Class(phone_byte),
+            ),
         ],
     },
     Builtin {
@@ -98,8 +118,16 @@ pub static BUILTINS: &[Builtin] = &[
         label: "BSN",
         patterns: &[
             pat(r"\b[0-9]{9}\b", bsn, OpenRule::Class(bsn_byte)),
-            pat(r"\b[0-9]{4}\.[0-9]{2}\.[0-9]{3}\b", bsn, OpenRule::Class(bsn_byte)),
-            pat(r"\b[0-9]{3}[ \-][0-9]{3}[ \-][0-9]{3}\b", bsn, OpenRule::Class(bsn_byte)),
+            pat(
+                r"\b[0-9]{4}\.[0-9]{2}\.[0-9]{3}\b",
+                bsn,
+                OpenRule::Class(bsn_byte),
+            ),
+            pat(
+                r"\b[0-9]{3}[ \-][0-9]{3}[ \-][0-9]{3}\b",
+                bsn,
+                OpenRule::Class(bsn_byte),
+            ),
         ],
     },
     Builtin {
@@ -124,13 +152,21 @@ pub static BUILTINS: &[Builtin] = &[
         name: "ipv6",
         label: "IPV6",
         patterns: &[
-            pat(r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}", ipv6, OpenRule::Class(ipv6_byte)),
+            pat(
+                r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+                ipv6,
+                OpenRule::Class(ipv6_byte),
+            ),
             pat(
                 r"(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?",
                 ipv6,
                 OpenRule::Class(ipv6_byte),
             ),
-            pat(r"::(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}", ipv6, OpenRule::Class(ipv6_byte)),
+            pat(
+                r"::(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}",
+                ipv6,
+                OpenRule::Class(ipv6_byte),
+            ),
         ],
     },
     Builtin {
@@ -138,25 +174,46 @@ pub static BUILTINS: &[Builtin] = &[
         label: "SECRET",
         patterns: &[
             pat(
-                r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[\s\S]{16,6000}-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+                r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----[\s\S]+-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----",
                 always,
                 OpenRule::PrivateKey,
             ),
-            pat(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", always, OpenRule::Class(upper_alnum)),
-            pat(r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,200}", token_end, OpenRule::Class(key_byte)),
-            pat(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,128}", token_end, OpenRule::Class(key_byte)),
-            pat(r"\bgh[pousr]_[A-Za-z0-9]{36,255}", token_end, OpenRule::Class(key_byte)),
-            pat(r"\bxox[abprs]-[A-Za-z0-9\-]{10,200}", token_end, OpenRule::Class(key_byte)),
             pat(
-                r"\beyJ[A-Za-z0-9_\-]{8,1024}\.eyJ[A-Za-z0-9_\-]{2,4096}\.[A-Za-z0-9_\-]{0,1024}",
+                r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
+                always,
+                OpenRule::Class(upper_alnum),
+            ),
+            pat(
+                r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,}",
+                token_end,
+                OpenRule::Class(key_byte),
+            ),
+            pat(
+                r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                token_end,
+                OpenRule::Class(key_byte),
+            ),
+            pat(
+                r"\bgh[pousr]_[A-Za-z0-9]{36,}",
+                token_end,
+                OpenRule::Class(key_byte),
+            ),
+            pat(
+                r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",
+                token_end,
+                OpenRule::Class(key_byte),
+            ),
+            pat(
+                r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
                 token_end,
                 OpenRule::Class(jwt_byte),
             ),
             BuiltinPattern {
-                expression: r"\bbearer[ \t]+[A-Za-z0-9._~+/\-]{16,1024}=*",
+                expression: r"\bbearer[ \t]+[A-Za-z0-9._~+/\-]{16,}=*",
                 caseless: true,
                 validate: bearer,
                 open: OpenRule::Bearer,
+                max_len: 2048,
             },
         ],
     },
@@ -314,17 +371,83 @@ fn phone_national(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
 
 /// Lengths of IBANs by country (ISO 13616 registry).
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
-    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16),
-    (b"BG", 22), (b"BH", 22), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22), (b"CY", 28),
-    (b"CZ", 24), (b"DE", 22), (b"DK", 18), (b"DO", 28), (b"EE", 20), (b"EG", 29), (b"ES", 24),
-    (b"FI", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22), (b"GE", 22), (b"GI", 23), (b"GL", 18),
-    (b"GR", 27), (b"GT", 28), (b"HR", 21), (b"HU", 28), (b"IE", 22), (b"IL", 23), (b"IQ", 23),
-    (b"IS", 26), (b"IT", 27), (b"JO", 30), (b"KW", 30), (b"KZ", 20), (b"LB", 28), (b"LC", 32),
-    (b"LI", 21), (b"LT", 20), (b"LU", 20), (b"LV", 21), (b"MC", 27), (b"MD", 24), (b"ME", 22),
-    (b"MK", 19), (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NL", 18), (b"NO", 15), (b"PK", 24),
-    (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22), (b"SA", 24),
-    (b"SC", 31), (b"SE", 24), (b"SI", 19), (b"SK", 24), (b"SM", 27), (b"ST", 25), (b"SV", 28),
-    (b"TL", 23), (b"TN", 24), (b"TR", 26), (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20),
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
 ];
 
 pub fn iban_checksum_ok(compact: &[u8]) -> bool {
@@ -348,7 +471,11 @@ pub fn iban_checksum_ok(compact: &[u8]) -> bool {
 }
 
 fn iban(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
-    let compact: Vec<u8> = text[r.clone()].iter().copied().filter(|&c| c != b' ').collect();
+    let compact: Vec<u8> = text[r.clone()]
+        .iter()
+        .copied()
+        .filter(|&c| c != b' ')
+        .collect();
     let want = IBAN_LENGTHS
         .iter()
         .find(|(cc, _)| &compact[..2] == *cc)
@@ -396,7 +523,10 @@ fn card_number_ok(s: &[u8]) -> bool {
 
 fn credit_card(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
     if before(text, &r).is_some_and(|c| c == b'-' || c == b'.' || c == b',')
-        || after(text, &r).is_some_and(|c| c == b'-' || (c == b'.' || c == b',') && text.get(r.end + 1).is_some_and(u8::is_ascii_digit))
+        || after(text, &r).is_some_and(|c| {
+            c == b'-'
+                || (c == b'.' || c == b',') && text.get(r.end + 1).is_some_and(u8::is_ascii_digit)
+        })
     {
         return None;
     }
@@ -429,7 +559,10 @@ pub fn bsn_ok(ds: &[u8]) -> bool {
 
 fn bsn(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
     if before(text, &r).is_some_and(|c| matches!(c, b'-' | b'.' | b'+' | b'/' | b':'))
-        || after(text, &r).is_some_and(|c| matches!(c, b'-' | b'/') || c == b'.' && text.get(r.end + 1).is_some_and(u8::is_ascii_digit))
+        || after(text, &r).is_some_and(|c| {
+            matches!(c, b'-' | b'/')
+                || c == b'.' && text.get(r.end + 1).is_some_and(u8::is_ascii_digit)
+        })
     {
         return None;
     }
@@ -460,7 +593,8 @@ fn ssn(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
 fn ipv4(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
     // Part of a longer dotted run (a version string, an OID): not an address.
     if before(text, &r).is_some_and(|c| c == b'.')
-        || after(text, &r).is_some_and(|c| c == b'.') && text.get(r.end + 1).is_some_and(u8::is_ascii_digit)
+        || after(text, &r).is_some_and(|c| c == b'.')
+            && text.get(r.end + 1).is_some_and(u8::is_ascii_digit)
     {
         return None;
     }
@@ -496,7 +630,11 @@ fn bearer(text: &[u8], r: Range<usize>) -> Option<Range<usize>> {
     }
     let s = &text[r.clone()];
     let token_at = s.iter().position(|&c| c == b' ' || c == b'\t')?;
-    let token_start = r.start + token_at + s[token_at..].iter().position(|&c| c != b' ' && c != b'\t')?;
+    let token_start = r.start
+        + token_at
+        + s[token_at..]
+            .iter()
+            .position(|&c| c != b' ' && c != b'\t')?;
     let token = &text[token_start..r.end];
     let has_digit = token.iter().any(u8::is_ascii_digit);
     let has_alpha = token.iter().any(u8::is_ascii_alphabetic);

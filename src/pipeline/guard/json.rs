@@ -136,7 +136,8 @@ fn value<'a>(
         }
         _ => {
             let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
                 j += 1;
             }
             f(path, i..j, Scalar::Other);
@@ -174,7 +175,8 @@ fn skip(b: &[u8], i: usize) -> Option<usize> {
         }
         _ => {
             let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
                 j += 1;
             }
             Some(j)
@@ -198,7 +200,11 @@ mod tests {
                     Seg::Idx(i) => i.to_string(),
                 })
                 .collect();
-            seen.push((p.join("."), String::from_utf8_lossy(&body[r]).into_owned(), kind));
+            seen.push((
+                p.join("."),
+                String::from_utf8_lossy(&body[r]).into_owned(),
+                kind,
+            ));
         })
         .unwrap();
         assert_eq!(seen[1].0, "messages.0.content");

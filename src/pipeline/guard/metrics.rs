@@ -1,7 +1,9 @@
 //! The guard's per-worker metric handles (names in `crate::metrics`).
 //! Labels carry entity types and actions only, never a value.
 
-use crate::metrics::{GUARD_SCANNED_BYTES_TOTAL, GUARD_SCAN_SECONDS, PII_FINDINGS_TOTAL, SAFETY_FINDINGS_TOTAL};
+use crate::metrics::{
+    GUARD_SCANNED_BYTES_TOTAL, GUARD_SCAN_SECONDS, PII_FINDINGS_TOTAL, SAFETY_FINDINGS_TOTAL,
+};
 use metrics::{counter, histogram, Counter, Histogram};
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -20,8 +20,8 @@ pub mod safety;
 pub mod scanner;
 pub mod stream;
 
-use crate::config::{PiiAction, PromptInjection};
 use crate::config::Config;
+use crate::config::{PiiAction, PromptInjection};
 use hyperscan::Scratch;
 use scanner::{Scanner, ScannerSpec};
 use std::cell::RefCell;
@@ -53,7 +53,10 @@ pub struct Guard {
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard")
-            .field("policies", &self.policies.iter().map(|p| &p.name).collect::<Vec<_>>())
+            .field(
+                "policies",
+                &self.policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
             .field("default", &self.default)
             .field("injection", &self.injection)
             .field("has_deny", &self.has_deny)
@@ -78,7 +81,12 @@ impl Guard {
         let custom: Vec<(String, String)> = cfg
             .pii
             .as_ref()
-            .map(|p| p.custom.iter().map(|c| (c.name.clone(), c.pattern.clone())).collect())
+            .map(|p| {
+                p.custom
+                    .iter()
+                    .map(|c| (c.name.clone(), c.pattern.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let with_injection = injection != PromptInjection::Off;
         let mut policies = Vec::new();

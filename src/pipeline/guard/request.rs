@@ -62,7 +62,11 @@ pub struct Pseudonyms {
 
 impl Pseudonyms {
     fn placeholder(&mut self, label: &str, value: &str) -> &[u8] {
-        if let Some(i) = self.map.iter().position(|(p, v)| v == value && p[1..].starts_with(label.as_bytes())) {
+        if let Some(i) = self
+            .map
+            .iter()
+            .position(|(p, v)| v == value && p[1..].starts_with(label.as_bytes()))
+        {
             return &self.map[i].0;
         }
         let n = match self.counters.iter_mut().find(|(l, _)| &**l == label) {
@@ -75,7 +79,8 @@ impl Pseudonyms {
                 1
             }
         };
-        self.map.push((format!("<{label}_{n}>").into_bytes(), value.to_owned()));
+        self.map
+            .push((format!("<{label}_{n}>").into_bytes(), value.to_owned()));
         &self.map.last().expect("just pushed").0
     }
 }
@@ -129,10 +134,14 @@ impl Guard {
         )
         .ok_or_else(|| GatewayError::InvalidJson("the body is not a JSON object".into()))?;
         if bad {
-            return Err(GatewayError::InvalidJson("a string is not valid UTF-8".into()));
+            return Err(GatewayError::InvalidJson(
+                "a string is not valid UTF-8".into(),
+            ));
         }
         let scratch_ref = gw.scratch.borrow();
-        let scratch = scratch_ref.as_ref().expect("scratch sized for the snapshot's guard");
+        let scratch = scratch_ref
+            .as_ref()
+            .expect("scratch sized for the snapshot's guard");
         let mut hits = gw.hits.borrow_mut();
         let mut findings: Vec<Vec<Finding>> = Vec::with_capacity(targets.len());
         let mut injection = 0u8;
@@ -148,11 +157,14 @@ impl Guard {
         }
         drop(hits);
         let metrics = &gw.metrics;
-        let record_scan = || metrics.scanned(Direction::Request, scanned, started.elapsed().as_secs_f64());
+        let record_scan =
+            || metrics.scanned(Direction::Request, scanned, started.elapsed().as_secs_f64());
         if deny {
             metrics.safety("deny_pattern", "block");
             record_scan();
-            return Err(GatewayError::ContentPolicy("the request matches a denied content pattern".into()));
+            return Err(GatewayError::ContentPolicy(
+                "the request matches a denied content pattern".into(),
+            ));
         }
         if injection != 0 {
             let block = self.injection == PromptInjection::Block;
@@ -197,8 +209,14 @@ impl Guard {
                 .iter()
                 .enumerate()
                 .flat_map(|(t, fs)| {
-                    fs.iter()
-                        .map(move |f| (&*scanner.entities[f.entity as usize].name, t, f.range.start, f.range.end))
+                    fs.iter().map(move |f| {
+                        (
+                            &*scanner.entities[f.entity as usize].name,
+                            t,
+                            f.range.start,
+                            f.range.end,
+                        )
+                    })
                 })
                 .collect();
             tracing::debug!(policy = &*policy.name, action, findings = ?positions, "PII found in request");
@@ -227,7 +245,13 @@ impl Guard {
                     if policy.action == PiiAction::Mask {
                         apply(scanner, text.as_bytes(), fs, &mut Mask, &mut text_out);
                     } else {
-                        apply(scanner, text.as_bytes(), fs, &mut Pseudonymize(&mut pseudonyms), &mut text_out);
+                        apply(
+                            scanner,
+                            text.as_bytes(),
+                            fs,
+                            &mut Pseudonymize(&mut pseudonyms),
+                            &mut text_out,
+                        );
                     }
                     out.extend_from_slice(&body[at..range.start]);
                     // Masks and placeholders are ASCII; the rest is the

@@ -138,8 +138,9 @@ impl Scanner {
         let max_width = meta.iter().map(|m| m.width).max().unwrap_or(0);
         if spec.injection {
             for (i, (_, expr)) in safety::INJECTION.iter().enumerate() {
-                let p = Pattern::with_flags(*expr, CompileFlags::CASELESS | CompileFlags::SINGLEMATCH)
-                    .map_err(|e| format!("injection pattern {i}: {e}"))?;
+                let p =
+                    Pattern::with_flags(*expr, CompileFlags::CASELESS | CompileFlags::SINGLEMATCH)
+                        .map_err(|e| format!("injection pattern {i}: {e}"))?;
                 meta.push(PatternMeta {
                     kind: Kind::Injection(i as u8),
                     validate: None,
@@ -179,7 +180,7 @@ impl Scanner {
             }
             Some(
                 Patterns(deny_patterns)
-                    .build::<Streaming>()
+                    .build::<hyperscan::Streaming>()
                     .map_err(|e| format!("compiling the deny patterns for streams: {e}"))?,
             )
         };
@@ -195,11 +196,13 @@ impl Scanner {
     /// Makes `scratch` fit this scanner's databases.
     pub fn fit_scratch(&self, scratch: &mut Option<Scratch>) -> Result<(), String> {
         match scratch {
-            Some(s) => self.db.realloc(s).map_err(|e| e.to_string())?,
+            Some(s) => {
+                self.db.realloc_scratch(s).map_err(|e| e.to_string())?;
+            }
             None => *scratch = Some(self.db.alloc_scratch().map_err(|e| e.to_string())?),
         }
         if let (Some(d), Some(s)) = (&self.deny_stream, scratch.as_mut()) {
-            d.realloc(s).map_err(|e| e.to_string())?;
+            d.realloc_scratch(s).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -219,14 +222,16 @@ impl Scanner {
             return;
         }
         let meta = &self.meta;
-        let _ = self.db.scan(text, scratch, |id: u32, from: u64, to: u64, _| {
-            match meta[id as usize].kind {
-                Kind::Entity(_) => hits.candidates.push((id, from as usize, to as usize)),
-                Kind::Injection(c) => hits.injection |= 1 << c,
-                Kind::Deny(_) => hits.deny = true,
-            }
-            Matching::Continue
-        });
+        let _ = self
+            .db
+            .scan(text, scratch, |id: u32, from: u64, to: u64, _| {
+                match meta[id as usize].kind {
+                    Kind::Entity(_) => hits.candidates.push((id, from as usize, to as usize)),
+                    Kind::Injection(c) => hits.injection |= 1 << c,
+                    Kind::Deny(_) => hits.deny = true,
+                }
+                Matching::Continue
+            });
     }
 
     /// Validates candidates and keeps the leftmost-longest ones that do not
@@ -251,7 +256,8 @@ impl Scanner {
                     Some(v) => v(text, s..e)?,
                     None => s..e,
                 };
-                (r.start >= from && r.start < until && r.start < r.end).then_some((r.start, r.end, id))
+                (r.start >= from && r.start < until && r.start < r.end)
+                    .then_some((r.start, r.end, id))
             })
             .collect();
         valid.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
@@ -272,7 +278,13 @@ impl Scanner {
     }
 
     /// All findings of a whole text.
-    pub fn findings(&self, scratch: &Scratch, text: &[u8], hits: &mut Hits, out: &mut Vec<Finding>) {
+    pub fn findings(
+        &self,
+        scratch: &Scratch,
+        text: &[u8],
+        hits: &mut Hits,
+        out: &mut Vec<Finding>,
+    ) {
         out.clear();
         self.scan(scratch, text, hits);
         if !hits.candidates.is_empty() {
@@ -299,7 +311,10 @@ impl Scanner {
                     let w = trailing_run(&text[..t], reach, |c| c == b' ' || c == b'\t');
                     if w >= reach + 6 && w < t && text[w - 6..w].eq_ignore_ascii_case(b"bearer") {
                         w - 6
-                    } else if w >= reach + 6 && w == t && text[w - 6..w].eq_ignore_ascii_case(b"bearer") {
+                    } else if w >= reach + 6
+                        && w == t
+                        && text[w - 6..w].eq_ignore_ascii_case(b"bearer")
+                    {
                         w - 6
                     } else {
                         t

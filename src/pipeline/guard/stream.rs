@@ -34,7 +34,13 @@ impl Replace for Mask {
 
 /// Writes `text` to `out` with `findings` (sorted, disjoint, relative to
 /// `text`) replaced.
-pub fn apply(scanner: &Scanner, text: &[u8], findings: &[Finding], rep: &mut dyn Replace, out: &mut Vec<u8>) {
+pub fn apply(
+    scanner: &Scanner,
+    text: &[u8],
+    findings: &[Finding],
+    rep: &mut dyn Replace,
+    out: &mut Vec<u8>,
+) {
     let mut at = 0;
     for f in findings {
         out.extend_from_slice(&text[at..f.range.start]);
@@ -64,7 +70,14 @@ pub struct TextStream {
 
 impl TextStream {
     /// Takes the next piece; appends what is decided to `out`.
-    pub fn push(&mut self, scanner: &Scanner, scratch: &Scratch, piece: &[u8], rep: &mut dyn Replace, out: &mut Vec<u8>) {
+    pub fn push(
+        &mut self,
+        scanner: &Scanner,
+        scratch: &Scratch,
+        piece: &[u8],
+        rep: &mut dyn Replace,
+        out: &mut Vec<u8>,
+    ) {
         self.buf.extend_from_slice(piece);
         let rel = self.released - self.base;
         let decided_len = self.buf.len().saturating_sub(2);
@@ -79,7 +92,13 @@ impl TextStream {
     }
 
     /// The text ended: releases everything.
-    pub fn finish(&mut self, scanner: &Scanner, scratch: &Scratch, rep: &mut dyn Replace, out: &mut Vec<u8>) {
+    pub fn finish(
+        &mut self,
+        scanner: &Scanner,
+        scratch: &Scratch,
+        rep: &mut dyn Replace,
+        out: &mut Vec<u8>,
+    ) {
         let h = self.buf.len();
         if h > self.released - self.base {
             self.release(scanner, scratch, h, rep, out);
@@ -88,7 +107,14 @@ impl TextStream {
 
     /// Releases the text up to `h` (relative to `buf`), or through a
     /// finding that starts before `h`.
-    fn release(&mut self, scanner: &Scanner, scratch: &Scratch, h: usize, rep: &mut dyn Replace, out: &mut Vec<u8>) {
+    fn release(
+        &mut self,
+        scanner: &Scanner,
+        scratch: &Scratch,
+        h: usize,
+        rep: &mut dyn Replace,
+        out: &mut Vec<u8>,
+    ) {
         let rel = self.released - self.base;
         let last_end = self.last_end.saturating_sub(self.base);
         scanner.scan(scratch, &self.buf, &mut self.hits);

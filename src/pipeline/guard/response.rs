@@ -1,0 +1,492 @@
+//! The answer side: an `AnswerFilter` that masks PII in completions (the
+//! policy's `scan_responses`), puts pseudonyms back, and cuts an answer that
+//! hits a deny pattern. Whole answers are rewritten string by string;
+//! streams are parsed event by event, each choice's delta text going
+//! through its own `TextStream` (exact hold-back masking), `Restore`
+//! (pseudonyms) and Hyperscan stream (deny patterns). Event framing, ids
+//! and every other field pass through as received.
+
+use super::json::{self, Scalar, Seg};
+use super::metrics::{Direction, GuardMetrics};
+use super::request::Pseudonyms;
+use super::scanner::{Finding, Hits, Scanner};
+use super::stream::{apply, restore, Mask, Replace, Restore, TextStream};
+use super::{Guard, GuardWorker, Policy};
+use crate::api::GatewayError;
+use crate::config::PiiAction;
+use crate::pipeline::filter::AnswerFilter;
+use hyperscan::{Matching, Scratch, Stream};
+use std::cell::RefCell;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Writes the finding's original text (monitor: count, change nothing).
+struct Keep;
+
+impl Replace for Keep {
+    fn replace(&mut self, _: &Scanner, text: &[u8], f: &Finding, out: &mut Vec<u8>) {
+        out.extend_from_slice(&text[f.range.clone()]);
+    }
+}
+
+struct Choice {
+    index: u64,
+    text: TextStream,
+    restore: Restore,
+    deny: Option<Stream>,
+}
+
+pub struct GuardFilter {
+    scanner: Arc<Scanner>,
+    /// Scan answers for entities; `mask` replaces them, else only counts.
+    scan: bool,
+    mask: bool,
+    action: &'static str,
+    pseudonyms: Vec<(Vec<u8>, String)>,
+    deny: bool,
+    scratch: Rc<RefCell<Option<Scratch>>>,
+    metrics: Rc<GuardMetrics>,
+    choices: Vec<Choice>,
+    hits: Hits,
+    /// The last chunk's JSON: id, object, created and model of events
+    /// that carry held-back text.
+    template: Vec<u8>,
+}
+
+fn deny_error() -> GatewayError {
+    GatewayError::ContentPolicy("the answer matches a denied content pattern".into())
+}
+
+impl GuardFilter {
+    /// The filter a request needs, if any.
+    pub fn new(
+        guard: &Guard,
+        policy: Option<&Policy>,
+        scanner: Arc<Scanner>,
+        pseudonyms: Pseudonyms,
+        gw: &GuardWorker,
+    ) -> Option<Box<dyn AnswerFilter>> {
+        let scan = policy.is_some_and(|p| p.scan_responses) && scanner.has_entities();
+        let mask = policy.is_some_and(|p| p.action != PiiAction::Monitor);
+        if !scan && pseudonyms.map.is_empty() && !guard.has_deny {
+            return None;
+        }
+        Some(Box::new(GuardFilter {
+            scanner,
+            scan,
+            mask,
+            action: if mask { "mask" } else { "monitor" },
+            pseudonyms: pseudonyms.map,
+            deny: guard.has_deny,
+            scratch: gw.scratch.clone(),
+            metrics: gw.metrics.clone(),
+            choices: Vec::new(),
+            hits: Hits::default(),
+            template: Vec::new(),
+        }))
+    }
+
+    fn count(&self, found: &[u16]) {
+        for &e in found {
+            self.metrics
+                .finding(&self.scanner.entities[e as usize].name, self.action, 1);
+        }
+    }
+
+    /// A whole text (non-streamed answer): deny check, masking, restore.
+    fn whole_text(
+        &mut self,
+        scratch: &Scratch,
+        text: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let mut findings = Vec::new();
+        self.scanner
+            .findings(scratch, text, &mut self.hits, &mut findings);
+        if self.deny && self.hits.deny {
+            self.metrics.safety("deny_pattern", "block");
+            return Err(deny_error());
+        }
+        let mut masked = Vec::new();
+        let text = if self.scan && !findings.is_empty() {
+            let found: Vec<u16> = findings.iter().map(|f| f.entity).collect();
+            self.count(&found);
+            if self.mask {
+                apply(&self.scanner, text, &findings, &mut Mask, &mut masked);
+                &masked[..]
+            } else {
+                text
+            }
+        } else {
+            text
+        };
+        restore(&self.pseudonyms, text, out);
+        Ok(())
+    }
+
+    fn choice(&mut self, index: u64) -> Result<usize, GatewayError> {
+        if let Some(i) = self.choices.iter().position(|c| c.index == index) {
+            return Ok(i);
+        }
+        let deny = match (self.deny, self.scanner.deny_stream()) {
+            (true, Some(db)) => Some(db.open_stream().map_err(|e| {
+                GatewayError::ContentPolicy(format!("cannot open a scan stream: {e}"))
+            })?),
+            _ => None,
+        };
+        self.choices.push(Choice {
+            index,
+            text: TextStream::default(),
+            restore: Restore::default(),
+            deny,
+        });
+        Ok(self.choices.len() - 1)
+    }
+
+    /// One piece of a choice's delta text; appends what the client gets.
+    fn piece(
+        &mut self,
+        scratch: &Scratch,
+        c: usize,
+        piece: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let choice = &mut self.choices[c];
+        if let Some(stream) = &choice.deny {
+            let mut hit = false;
+            let _ = stream.scan(piece, scratch, |_, _, _, _| {
+                hit = true;
+                Matching::Terminate
+            });
+            if hit {
+                self.metrics.safety("deny_pattern", "block");
+                return Err(deny_error());
+            }
+        }
+        let mut released = Vec::new();
+        if self.scan {
+            let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
+            choice
+                .text
+                .push(&self.scanner, scratch, piece, rep, &mut released);
+        } else {
+            released.extend_from_slice(piece);
+        }
+        choice.restore.push(&self.pseudonyms, &released, out);
+        Ok(())
+    }
+
+    /// The choice's text ended: release what was held.
+    fn flush(&mut self, scratch: &Scratch, c: usize, out: &mut Vec<u8>) {
+        let choice = &mut self.choices[c];
+        let mut released = Vec::new();
+        if self.scan {
+            let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
+            choice
+                .text
+                .finish(&self.scanner, scratch, rep, &mut released);
+            let found = std::mem::take(&mut choice.text.found);
+            choice.restore.push(&self.pseudonyms, &released, out);
+            choice.restore.finish(&self.pseudonyms, out);
+            self.count(&found);
+        } else {
+            choice.restore.finish(&self.pseudonyms, out);
+        }
+    }
+
+    fn count_stream(&mut self, c: usize) {
+        let found = std::mem::take(&mut self.choices[c].text.found);
+        self.count(&found);
+    }
+
+    /// One SSE event: appends it (rewritten when its text changed).
+    fn event(
+        &mut self,
+        scratch: &Scratch,
+        event: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let Some((payload, range)) = data_of(event) else {
+            out.extend_from_slice(event);
+            return Ok(());
+        };
+        if payload.trim_ascii() == b"[DONE]" {
+            self.flush_all(scratch, out);
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        // (choice position in array, index value, text range, finish)
+        let mut texts: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut indexes: Vec<(usize, u64)> = Vec::new();
+        let mut finished: Vec<usize> = Vec::new();
+        let walked = json::walk(payload, &|k| k == "choices", &mut |path, r, kind| {
+            let [c, Seg::Idx(k), rest @ ..] = path else {
+                return;
+            };
+            if !c.is("choices") {
+                return;
+            }
+            match (rest, kind) {
+                ([d, t], Scalar::String) if d.is("delta") && t.is("content") => texts.push((*k, r)),
+                ([t], Scalar::String) if t.is("text") => texts.push((*k, r)),
+                ([i], Scalar::Other) if i.is("index") => {
+                    if let Ok(v) = std::str::from_utf8(&payload[r]).unwrap_or("").parse() {
+                        indexes.push((*k, v));
+                    }
+                }
+                ([f], Scalar::String) if f.is("finish_reason") => finished.push(*k),
+                _ => {}
+            }
+        });
+        if walked.is_none() {
+            out.extend_from_slice(event);
+            return Ok(());
+        }
+        self.template.clear();
+        self.template.extend_from_slice(payload);
+        let index_of = |k: usize| {
+            indexes
+                .iter()
+                .find(|(p, _)| *p == k)
+                .map_or(k as u64, |(_, v)| *v)
+        };
+        let mut new_payload = Vec::with_capacity(payload.len());
+        let mut at = 0;
+        let mut text_out = Vec::new();
+        let mut synthetic = Vec::new();
+        for (k, r) in &texts {
+            let text = json::decode(&payload[r.clone()]).ok_or_else(deny_error)?;
+            let c = self.choice(index_of(*k))?;
+            text_out.clear();
+            self.piece(scratch, c, text.as_bytes(), &mut text_out)?;
+            if finished.contains(k) {
+                self.flush(scratch, c, &mut text_out);
+            } else {
+                self.count_stream(c);
+            }
+            if text_out != text.as_bytes() {
+                new_payload.extend_from_slice(&payload[at..r.start]);
+                crate::api::json::push_string(
+                    &mut new_payload,
+                    &String::from_utf8_lossy(&text_out),
+                );
+                at = r.end;
+            }
+        }
+        // Choices that finish in an event without text: their held text
+        // goes out in an event of its own just before.
+        for k in &finished {
+            if texts.iter().any(|(t, _)| t == k) {
+                continue;
+            }
+            let index = index_of(*k);
+            if let Some(c) = self.choices.iter().position(|c| c.index == index) {
+                let mut rest = Vec::new();
+                self.flush(scratch, c, &mut rest);
+                if !rest.is_empty() {
+                    synthetic_event(payload, index, &rest, &mut synthetic);
+                }
+            }
+        }
+        out.extend_from_slice(&synthetic);
+        if at == 0 {
+            out.extend_from_slice(event);
+        } else {
+            new_payload.extend_from_slice(&payload[at..]);
+            out.extend_from_slice(&event[..range.start]);
+            out.extend_from_slice(&new_payload);
+            out.extend_from_slice(&event[range.end..]);
+        }
+        Ok(())
+    }
+
+    /// Releases every choice's held text as events of their own.
+    fn flush_all(&mut self, scratch: &Scratch, out: &mut Vec<u8>) {
+        for c in 0..self.choices.len() {
+            let mut rest = Vec::new();
+            self.flush(scratch, c, &mut rest);
+            if !rest.is_empty() {
+                let template = if self.template.is_empty() {
+                    &b"{}"[..]
+                } else {
+                    &self.template
+                };
+                synthetic_event(template, self.choices[c].index, &rest, out);
+            }
+        }
+    }
+
+    fn close_streams(&mut self) {
+        let scratch = self.scratch.borrow();
+        let Some(scratch) = scratch.as_ref() else {
+            return;
+        };
+        for c in &mut self.choices {
+            if let Some(s) = c.deny.take() {
+                let _ = s.close(scratch, ());
+            }
+        }
+    }
+}
+
+impl Drop for GuardFilter {
+    fn drop(&mut self) {
+        self.close_streams();
+    }
+}
+
+/// The `data:` payload of an event and its range in the event.
+fn data_of(event: &[u8]) -> Option<(&[u8], Range<usize>)> {
+    let start = if event.starts_with(b"data:") {
+        0
+    } else {
+        memchr::memmem::find(event, b"\ndata:")? + 1
+    };
+    let mut p = start + 5;
+    if event.get(p) == Some(&b' ') {
+        p += 1;
+    }
+    let end = p + memchr::memchr(b'\n', &event[p..]).unwrap_or(event.len() - p);
+    let end = if end > p && event[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    };
+    Some((&event[p..end], p..end))
+}
+
+/// An event carrying held-back text for choice `index`, shaped like the
+/// stream's own chunks (id, object, created, model copied from `template`).
+fn synthetic_event(template: &[u8], index: u64, text: &[u8], out: &mut Vec<u8>) {
+    let t: serde_json::Value = serde_json::from_slice(template).unwrap_or_default();
+    let text = String::from_utf8_lossy(text);
+    let completion = t.get("object").and_then(|o| o.as_str()) == Some("text_completion");
+    let choice = if completion {
+        serde_json::json!({"index": index, "text": text, "finish_reason": null})
+    } else {
+        serde_json::json!({"index": index, "delta": {"content": text}, "finish_reason": null})
+    };
+    let mut v = serde_json::json!({"choices": [choice]});
+    for key in ["id", "object", "created", "model"] {
+        if let Some(x) = t.get(key) {
+            v[key] = x.clone();
+        }
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Splits complete events (each through its blank line); a trailing
+/// partial event (a stream cut short) is returned as the last one.
+fn split_events(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let lf = memchr::memmem::find(rest, b"\n\n").map(|i| i + 2);
+        let crlf = memchr::memmem::find(rest, b"\r\n\r\n").map(|i| i + 4);
+        let n = match (lf, crlf) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(rest.len()),
+        };
+        let (ev, r) = rest.split_at(n);
+        rest = r;
+        Some(ev)
+    })
+}
+
+impl AnswerFilter for GuardFilter {
+    fn body(&mut self, body: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let started = Instant::now();
+        let scratch_rc = self.scratch.clone();
+        let scratch_ref = scratch_rc.borrow();
+        let Some(scratch) = scratch_ref.as_ref() else {
+            return Ok(());
+        };
+        let mut targets: Vec<Range<usize>> = Vec::new();
+        let src = std::mem::take(body);
+        json::walk(&src, &|k| k == "choices", &mut |path, r, kind| {
+            if kind != Scalar::String {
+                return;
+            }
+            let ok = match path {
+                [c, Seg::Idx(_), t] => c.is("choices") && t.is("text"),
+                [c, Seg::Idx(_), m, t] => c.is("choices") && m.is("message") && t.is("content"),
+                [c, Seg::Idx(_), m, tc, Seg::Idx(_), f, a] => {
+                    c.is("choices")
+                        && m.is("message")
+                        && tc.is("tool_calls")
+                        && f.is("function")
+                        && a.is("arguments")
+                }
+                _ => false,
+            };
+            if ok {
+                targets.push(r);
+            }
+        });
+        let mut out = Vec::with_capacity(src.len());
+        let mut at = 0;
+        let mut text_out = Vec::new();
+        let mut scanned = 0;
+        for r in targets {
+            let Some(text) = json::decode(&src[r.clone()]) else {
+                continue;
+            };
+            scanned += text.len();
+            text_out.clear();
+            if let Err(e) = self.whole_text(scratch, text.as_bytes(), &mut text_out) {
+                self.metrics.scanned(
+                    Direction::Response,
+                    scanned,
+                    started.elapsed().as_secs_f64(),
+                );
+                *body = src;
+                return Err(e);
+            }
+            if text_out != text.as_bytes() {
+                out.extend_from_slice(&src[at..r.start]);
+                crate::api::json::push_string(&mut out, &String::from_utf8_lossy(&text_out));
+                at = r.end;
+            }
+        }
+        out.extend_from_slice(&src[at..]);
+        *body = out;
+        self.metrics.scanned(
+            Direction::Response,
+            scanned,
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(())
+    }
+
+    fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let started = Instant::now();
+        let scratch_rc = self.scratch.clone();
+        let scratch_ref = scratch_rc.borrow();
+        let Some(scratch) = scratch_ref.as_ref() else {
+            out.extend_from_slice(events);
+            return Ok(());
+        };
+        let result = split_events(events).try_for_each(|ev| self.event(scratch, ev, out));
+        self.metrics.scanned(
+            Direction::Response,
+            events.len(),
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let scratch_rc = self.scratch.clone();
+        let scratch_ref = scratch_rc.borrow();
+        if let Some(scratch) = scratch_ref.as_ref() {
+            self.flush_all(scratch, out);
+        }
+        Ok(())
+    }
+}
