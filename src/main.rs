@@ -284,7 +284,13 @@ fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
         drain_timeout_ms = snapshot.server.drain_timeout.as_millis() as u64,
         "shutdown requested"
     );
+    let shared = gateway.shared().clone();
     gateway.shutdown();
+    if let Some(store) = shared.store.get() {
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "store: pending usage not written");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,6 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
+/// An admin error: status, code, message.
+type AdminError = (u16, &'static str, String);
+/// A usage report: the group columns and the rows.
+type Report = (Vec<&'static str>, Vec<crate::store::UsageRow>);
+
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -191,7 +196,7 @@ impl Admin {
         }
     }
 
-    fn create_key(&self, body: &[u8]) -> Result<Value, (u16, &'static str, String)> {
+    fn create_key(&self, body: &[u8]) -> Result<Value, AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct NewKey {
@@ -276,7 +281,7 @@ impl Admin {
         }))
     }
 
-    fn list_keys(&self) -> Result<Value, (u16, &'static str, String)> {
+    fn list_keys(&self) -> Result<Value, AdminError> {
         let snapshot = self.shared.snapshot.clone();
         let mut data: Vec<Value> = snapshot
             .access
@@ -299,7 +304,7 @@ impl Admin {
         Ok(json!({"object": "list", "data": data}))
     }
 
-    fn revoke_key(&self, id: &str) -> Result<Value, (u16, &'static str, String)> {
+    fn revoke_key(&self, id: &str) -> Result<Value, AdminError> {
         let snapshot = self.shared.snapshot.clone();
         if snapshot.access.static_keys.iter().any(|k| k.id == id) {
             return Err((
@@ -352,10 +357,7 @@ impl Admin {
         json!({"object": "list", "data": data})
     }
 
-    fn usage(
-        &self,
-        query: &str,
-    ) -> Result<(Vec<&'static str>, Vec<crate::store::UsageRow>), (u16, &'static str, String)> {
+    fn usage(&self, query: &str) -> Result<Report, AdminError> {
         let mut q = UsageQuery::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

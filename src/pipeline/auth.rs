@@ -545,6 +545,28 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The pipeline's authentication step: None when access control is off
+/// (no `[auth]`, `[[teams]]` or `[[keys]]`), else the principal or a 401.
+pub fn check(
+    worker: &crate::runtime::worker::Worker,
+    req: &crate::http::server::Request<'_>,
+) -> Result<Option<Principal>, crate::api::GatewayError> {
+    let access = &worker.snapshot.access;
+    if !access.enabled {
+        return Ok(None);
+    }
+    let keys = worker.shared.keys.load();
+    let token = presented_token(&access.header, |name| req.header(name));
+    match authenticate(access, &keys, token, unix_now()) {
+        Ok(p) => Ok(Some(p)),
+        Err(failure) => {
+            crate::metrics::auth_failure(failure.reason());
+            tracing::debug!(reason = failure.reason(), "authentication failed");
+            Err(crate::api::GatewayError::InvalidApiKey(failure.message()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,27 +619,5 @@ mod tests {
             (name == "authorization").then_some(b"Basic abc")
         };
         assert_eq!(presented_token("authorization", basic), None);
-    }
-}
-
-/// The pipeline's authentication step: None when access control is off
-/// (no `[auth]`, `[[teams]]` or `[[keys]]`), else the principal or a 401.
-pub fn check(
-    worker: &crate::runtime::worker::Worker,
-    req: &crate::http::server::Request<'_>,
-) -> Result<Option<Principal>, crate::api::GatewayError> {
-    let access = &worker.snapshot.access;
-    if !access.enabled {
-        return Ok(None);
-    }
-    let keys = worker.shared.keys.load();
-    let token = presented_token(&access.header, |name| req.header(name));
-    match authenticate(access, &keys, token, unix_now()) {
-        Ok(p) => Ok(Some(p)),
-        Err(failure) => {
-            crate::metrics::auth_failure(failure.reason());
-            tracing::debug!(reason = failure.reason(), "authentication failed");
-            Err(crate::api::GatewayError::InvalidApiKey(failure.message()))
-        }
     }
 }

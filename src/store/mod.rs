@@ -351,7 +351,7 @@ fn flush(conn: &Connection, pending: &mut HashMap<UsageKey, (u64, u64, u64)>) {
 fn list_keys(conn: &Connection) -> rusqlite::Result<Vec<KeyRow>> {
     let mut st = conn.prepare(
         "SELECT id, prefix, team, user, expires_at, rpm, tpm, created_at, revoked_at, sha256
-         FROM keys ORDER BY created_at, id",
+         FROM keys ORDER BY created_at, rowid",
     )?;
     let rows = st
         .query_map([], |r| {

@@ -65,10 +65,13 @@ pub static BUILTINS: &[Builtin] = &[
     Builtin {
         name: "email",
         label: "EMAIL",
-        patterns: &[pat(
-            r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}",
-            email,
-            OpenRule::Class(email_byte),
+        patterns: &[long(
+            320,
+            pat(
+                r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}",
+                email,
+                OpenRule::Class(email_byte),
+            ),
         )],
     },
     Builtin {
@@ -76,11 +79,11 @@ pub static BUILTINS: &[Builtin] = &[
         label: "PHONE",
         patterns: &[
             // E.164 and international notation: +31 20 123 4567, +1 (555) 123-4567
-            long(320, pat(
+            pat(
                 r"\+[1-9][0-9 ().\-]{6,20}[0-9]",
                 phone_international,
                 OpenRule::Class(phone_byte),
-            )),
+            ),
             // 00 prefix: 0031 20 1234567
             pat(
                 r"\b00[1-9][0-9 ().\-]{6,20}[0-9]",
@@ -173,40 +176,58 @@ pub static BUILTINS: &[Builtin] = &[
         name: "secret",
         label: "SECRET",
         patterns: &[
-            pat(
-                r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----[\s\S]+-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----",
-                always,
-                OpenRule::PrivateKey,
+            long(
+                8192,
+                pat(
+                    r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----[\s\S]+-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----",
+                    always,
+                    OpenRule::PrivateKey,
+                ),
             ),
             pat(
                 r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
                 always,
                 OpenRule::Class(upper_alnum),
             ),
-            pat(
-                r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,}",
-                token_end,
-                OpenRule::Class(key_byte),
+            long(
+                256,
+                pat(
+                    r"\bsk-(?:proj-|ant-|svcacct-)?[A-Za-z0-9_\-]{20,}",
+                    token_end,
+                    OpenRule::Class(key_byte),
+                ),
             ),
-            pat(
-                r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
-                token_end,
-                OpenRule::Class(key_byte),
+            long(
+                160,
+                pat(
+                    r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                    token_end,
+                    OpenRule::Class(key_byte),
+                ),
             ),
-            pat(
-                r"\bgh[pousr]_[A-Za-z0-9]{36,}",
-                token_end,
-                OpenRule::Class(key_byte),
+            long(
+                300,
+                pat(
+                    r"\bgh[pousr]_[A-Za-z0-9]{36,}",
+                    token_end,
+                    OpenRule::Class(key_byte),
+                ),
             ),
-            pat(
-                r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",
-                token_end,
-                OpenRule::Class(key_byte),
+            long(
+                256,
+                pat(
+                    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",
+                    token_end,
+                    OpenRule::Class(key_byte),
+                ),
             ),
-            pat(
-                r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
-                token_end,
-                OpenRule::Class(jwt_byte),
+            long(
+                8192,
+                pat(
+                    r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*",
+                    token_end,
+                    OpenRule::Class(jwt_byte),
+                ),
             ),
             BuiltinPattern {
                 expression: r"\bbearer[ \t]+[A-Za-z0-9._~+/\-]{16,}=*",

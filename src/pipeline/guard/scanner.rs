@@ -109,11 +109,15 @@ impl Scanner {
                     }
                     let p = Pattern::with_flags(bp.expression, flags)
                         .map_err(|e| format!("built-in {name} pattern: {e}"))?;
+                    let width = match bp.max_len {
+                        0 => width_of(&p).map_err(|e| format!("built-in {name} pattern: {e}"))?,
+                        n => n,
+                    };
                     meta.push(PatternMeta {
                         kind: Kind::Entity(entity),
                         validate: Some(bp.validate),
                         open: bp.open,
-                        width: width_of(&p).map_err(|e| format!("built-in {name} pattern: {e}"))?,
+                        width,
                     });
                     patterns.push(p);
                 }
@@ -252,6 +256,9 @@ impl Scanner {
             .iter()
             .filter_map(|&(id, s, e)| {
                 let m = &self.meta[id as usize];
+                if e - s > m.width {
+                    return None;
+                }
                 let r = match m.validate {
                     Some(v) => v(text, s..e)?,
                     None => s..e,
