@@ -19,6 +19,9 @@ impl Seg<'_> {
     }
 }
 
+/// The visitor: path, value range, value kind.
+pub type Visit<'a, 'f> = &'f mut dyn FnMut(&[Seg<'a>], Range<usize>, Scalar);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scalar {
     String,
@@ -59,7 +62,7 @@ pub fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
 pub fn walk<'a>(
     b: &'a [u8],
     top: &dyn Fn(&str) -> bool,
-    f: &mut dyn FnMut(&[Seg<'a>], Range<usize>, Scalar),
+    f: Visit<'a, '_>,
 ) -> Option<()> {
     let mut path = Vec::with_capacity(8);
     let i = skip_ws(b, 0);
@@ -74,7 +77,7 @@ fn value<'a>(
     i: usize,
     path: &mut Vec<Seg<'a>>,
     top: Option<&dyn Fn(&str) -> bool>,
-    f: &mut dyn FnMut(&[Seg<'a>], Range<usize>, Scalar),
+    f: Visit<'a, '_>,
 ) -> Option<usize> {
     match *b.get(i)? {
         b'"' => {

@@ -189,7 +189,7 @@ impl Guard {
             record_scan();
             return Ok(Inspection {
                 body: None,
-                filter: GuardFilter::new(self, None, scanner.clone(), Default::default(), gw),
+                filter: GuardFilter::boxed(self, None, scanner.clone(), Default::default(), gw),
             });
         };
         let action = action_label(policy.action);
@@ -267,7 +267,7 @@ impl Guard {
         record_scan();
         Ok(Inspection {
             body: new_body,
-            filter: GuardFilter::new(self, Some(policy), scanner.clone(), pseudonyms, gw),
+            filter: GuardFilter::boxed(self, Some(policy), scanner.clone(), pseudonyms, gw),
         })
     }
 }

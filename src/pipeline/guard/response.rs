@@ -61,7 +61,7 @@ fn deny_error() -> GatewayError {
 
 impl GuardFilter {
     /// The filter a request needs, if any.
-    pub fn new(
+    pub fn boxed(
         guard: &Guard,
         policy: Option<&Policy>,
         scanner: Arc<Scanner>,
