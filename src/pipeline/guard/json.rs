@@ -59,11 +59,7 @@ pub fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
 /// Walks the value at `i`; `top` limits which top-level members are entered
 /// (others are skipped without a visit). Calls `f(path, range, kind)` for
 /// scalar values. Returns the end of the value.
-pub fn walk<'a>(
-    b: &'a [u8],
-    top: &dyn Fn(&str) -> bool,
-    f: Visit<'a, '_>,
-) -> Option<()> {
+pub fn walk<'a>(b: &'a [u8], top: &dyn Fn(&str) -> bool, f: Visit<'a, '_>) -> Option<()> {
     let mut path = Vec::with_capacity(8);
     let i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {

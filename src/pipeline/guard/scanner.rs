@@ -316,12 +316,7 @@ impl Scanner {
                 OpenRule::Bearer => {
                     let t = trailing_run(text, reach, entities::bearer_token_byte);
                     let w = trailing_run(&text[..t], reach, |c| c == b' ' || c == b'\t');
-                    if w >= reach + 6 && w < t && text[w - 6..w].eq_ignore_ascii_case(b"bearer") {
-                        w - 6
-                    } else if w >= reach + 6
-                        && w == t
-                        && text[w - 6..w].eq_ignore_ascii_case(b"bearer")
-                    {
+                    if w >= reach + 6 && text[w - 6..w].eq_ignore_ascii_case(b"bearer") {
                         w - 6
                     } else {
                         t
