@@ -8,14 +8,14 @@ CARGO ?= cargo
 PYTHON ?= python3
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all demo test build release lint unit integration sdk deps-test deps-load bench compare clean
+.PHONY: all demo test build release lint unit integration sdk deps-build deps-test deps-load bench compare clean
 
 all: build
 
-build:
+build: deps-build
 	$(CARGO) build --locked
 
-release:
+release: deps-build
 	$(CARGO) build --release --locked
 
 demo: release
@@ -32,7 +32,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-deps-test:
+# Hyperscan (PII/safety scanning) links against Debian's libhyperscan-dev.
+deps-build:
+	@test -e /usr/include/hs/hs.h || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libhyperscan-dev)
+
+deps-test: deps-build
 	@$(PYTHON) -c 'import openai' 2>/dev/null || $(PYTHON) -m pip install --quiet openai
 
 deps-load:

@@ -99,9 +99,19 @@ fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
 
 /// The current time as RFC 3339 in UTC, to the second.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
+    rfc3339(false)
+}
+
+/// The current time as RFC 3339 in UTC, to the millisecond.
+pub fn now_rfc3339_millis() -> String {
+    rfc3339(true)
+}
+
+fn rfc3339(with_millis: bool) -> String {
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .unwrap_or_default();
+    let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -113,8 +123,13 @@ pub fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = if with_millis {
+        format!(".{:03}", now.subsec_millis())
+    } else {
+        String::new()
+    };
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60

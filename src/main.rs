@@ -37,6 +37,11 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the SHA-256 of an API key secret, for `[[keys]].sha256`.
     HashKey { secret: String },
+    /// Check or export the tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the mock OpenAI-compatible model server used by demos and tests.
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:18000")]
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             metrics_listen,
         } => demo(listen, metrics_listen),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Audit { command } => audit(command),
         Command::HashKey { secret } => {
             use sha2::{Digest, Sha256};
             println!("{}", hex::encode(Sha256::digest(secret.as_bytes())));
@@ -113,6 +119,65 @@ fn init_logging() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of every segment in DIR; names the first broken record.
+    Verify { dir: PathBuf },
+    /// Write the records of a verified log as JSON Lines (default) or CSV.
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        /// jsonl | csv
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+}
+
+fn audit(command: AuditCommand) -> Result<(), String> {
+    use sluice::audit::verify;
+    match command {
+        AuditCommand::Verify { dir } => {
+            let summary =
+                verify::walk(&dir, |_, _| {}).map_err(|e| format!("audit log BROKEN: {e}"))?;
+            println!(
+                "audit log ok: {} records in {} segments",
+                summary.records, summary.segments
+            );
+            if let Some(torn) = summary.torn_tail {
+                println!("note: the last record ({torn}) was cut short by a crash and is not part of the chain");
+            }
+            Ok(())
+        }
+        AuditCommand::Export {
+            dir,
+            from,
+            to,
+            team,
+            format,
+        } => {
+            let csv = match format.as_str() {
+                "csv" => true,
+                "jsonl" => false,
+                other => return Err(format!("--format {other}: use jsonl or csv")),
+            };
+            let filter = verify::ExportFilter { from, to, team };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            verify::export(&dir, &filter, csv, &mut out)
+                .map_err(|e| format!("audit log BROKEN: {e}"))?;
+            std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -278,12 +343,24 @@ fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
         fd_limit,
         "sluice ready"
     );
+    let notifier = Arc::new(systemd_notifier());
+    sd_notify(
+        &notifier,
+        "READY=1",
+        notifier.ready(&format!(
+            "serving on {} with {} workers",
+            snapshot.server.listen,
+            gateway.drivers.len()
+        )),
+    );
+    start_watchdog(&notifier, &gateway);
     let signal = signals::wait_for_shutdown_signal();
     tracing::info!(
         signal,
         drain_timeout_ms = snapshot.server.drain_timeout.as_millis() as u64,
         "shutdown requested"
     );
+    sd_notify(&notifier, "STOPPING=1", notifier.stopping());
     let shared = gateway.shared().clone();
     gateway.shutdown();
     if let Some(store) = shared.store.get() {
@@ -293,4 +370,66 @@ fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The systemd notifier (`$NOTIFY_SOCKET`); disabled, with a warning, when
+/// the variable names no usable socket.
+fn systemd_notifier() -> sluice::runtime::notify::Notifier {
+    use sluice::runtime::notify::Notifier;
+    Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET unusable; not notifying systemd");
+        Notifier::disabled()
+    })
+}
+
+fn sd_notify(
+    notifier: &sluice::runtime::notify::Notifier,
+    what: &str,
+    sent: std::io::Result<bool>,
+) {
+    match sent {
+        Ok(true) => tracing::debug!(state = what, "notified systemd"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(state = what, error = %e, socket = ?notifier, "sd_notify failed"),
+    }
+}
+
+/// With `$WATCHDOG_USEC` set (systemd's `WatchdogSec=`), a small thread
+/// sends `WATCHDOG=1` every half period while every worker thread is
+/// alive. If a worker ends while the gateway is not draining, it stops
+/// sending, so systemd's watchdog kills and restarts the service.
+fn start_watchdog(notifier: &Arc<sluice::runtime::notify::Notifier>, gateway: &Gateway) {
+    use std::sync::atomic::Ordering;
+    let Some(interval) = sluice::runtime::notify::watchdog_interval() else {
+        return;
+    };
+    if !notifier.is_enabled() {
+        return;
+    }
+    let notifier = notifier.clone();
+    let alive = gateway.alive_workers();
+    let expected = gateway.drivers.len();
+    let shared = gateway.shared().clone();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-watchdog".into())
+        .spawn(move || loop {
+            let live = alive.load(Ordering::SeqCst);
+            if live < expected && !shared.is_draining() {
+                tracing::error!(
+                    live,
+                    expected,
+                    "a worker thread has exited: no more watchdog pings, systemd will restart sluice"
+                );
+                return;
+            }
+            sd_notify(&notifier, "WATCHDOG=1", notifier.watchdog());
+            std::thread::sleep(interval);
+        });
+    match spawned {
+        Ok(_) => tracing::info!(
+            interval_ms = interval.as_millis() as u64,
+            "systemd watchdog pings started"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot start the watchdog thread"),
+    }
 }

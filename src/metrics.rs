@@ -22,6 +22,9 @@ pub const DRAINING: &str = "sluice_draining";
 pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
 pub const USAGE_DROPPED_TOTAL: &str = "sluice_usage_records_dropped_total";
+pub const AUDIT_RECORDS_TOTAL: &str = "sluice_audit_records_total";
+pub const AUDIT_LOST_TOTAL: &str = "sluice_audit_records_lost_total";
+pub const AUDIT_WRITE_ERRORS_TOTAL: &str = "sluice_audit_write_errors_total";
 pub const UPSTREAM_HEALTHY: &str = "sluice_upstream_healthy";
 pub const UPSTREAM_INFLIGHT: &str = "sluice_upstream_inflight";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "sluice_upstream_breaker_transitions_total";
@@ -135,6 +138,15 @@ fn describe() {
     describe_counter!(
         BREAKER_TRANSITIONS_TOTAL,
         "Circuit breaker state changes, by upstream and new state."
+    );
+    describe_counter!(AUDIT_RECORDS_TOTAL, "Audit records written to the log.");
+    describe_counter!(
+        AUDIT_LOST_TOTAL,
+        "Audit records lost because the queue was full."
+    );
+    describe_counter!(
+        AUDIT_WRITE_ERRORS_TOTAL,
+        "Audit log write or sync failures (requests are refused while it fails)."
     );
     describe_counter!(RETRIES_TOTAL, "Retries sent, by reason; and retries refused by the retry budget (reason=budget_exhausted).");
     describe_counter!(
@@ -315,6 +327,21 @@ impl WorkerMetrics {
             .get_or_insert_with(|| histogram!(OVERHEAD))
             .record(seconds);
     }
+}
+
+/// Audit writer thread: one record written.
+pub fn audit_written() {
+    counter!(AUDIT_RECORDS_TOTAL).increment(1);
+}
+
+/// A record that found the audit queue full (requests are refused well
+/// before that; this should stay 0).
+pub fn audit_lost() {
+    counter!(AUDIT_LOST_TOTAL).increment(1);
+}
+
+pub fn audit_write_error() {
+    counter!(AUDIT_WRITE_ERRORS_TOTAL).increment(1);
 }
 
 /// Health of an upstream changed (active checks or breaker).

@@ -338,8 +338,8 @@ fn serve_refuses_the_reference_naming_unbuilt_sections() {
         "serve accepted sections it does not implement"
     );
     assert!(
-        stderr.contains("[pii]"),
-        "stderr does not name [pii]: {stderr}"
+        stderr.contains("[cache]"),
+        "stderr does not name [cache]: {stderr}"
     );
 }
 

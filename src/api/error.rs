@@ -54,6 +54,8 @@ pub enum GatewayError {
     UpstreamStatus(u16),
     #[error("no healthy upstream can serve the model '{0}' right now")]
     NoUpstream(String),
+    #[error("the audit log cannot take records right now; the request was not served unaudited")]
+    AuditUnavailable,
 }
 
 /// How an error is presented: status, OpenAI type, code, param, and the
@@ -113,6 +115,7 @@ impl GatewayError {
             E::Draining => (503, SERVER, "server_shutting_down", "draining"),
             E::UpstreamStatus(status) => (*status, SERVER, "upstream_error", "upstream_status"),
             E::NoUpstream(_) => (503, SERVER, "no_healthy_upstream", "no_upstream"),
+            E::AuditUnavailable => (503, SERVER, "audit_unavailable", "audit_unavailable"),
             E::InvalidApiKey(_) => (401, INVALID, "invalid_api_key", "invalid_api_key"),
             E::ModelNotAllowed(_) => (403, PERMISSION, "model_not_allowed", "model_not_allowed"),
             E::RegionNotAllowed(_) => (403, PERMISSION, "region_not_allowed", "region_not_allowed"),

@@ -94,6 +94,8 @@ pub struct Snapshot {
     pub experiments: Vec<Experiment>,
     model_index: HashMap<Box<str>, ModelRef>,
     pub resilience: Resilience,
+    /// `[audit]`, resolved; None = no audit log.
+    pub audit: Option<crate::audit::AuditSettings>,
     /// `[alerts].webhook`: breaker changes are posted here.
     pub alert_webhook: Option<Box<str>>,
     /// The body of `GET /v1/models`, built once.
@@ -272,6 +274,14 @@ impl Snapshot {
             model_index,
             resilience,
             alert_webhook: cfg.alerts.as_ref().map(|a| a.webhook.as_str().into()),
+            audit: cfg.audit.as_ref().map(|a| crate::audit::AuditSettings {
+                dir: cfg.resolve(&a.dir),
+                detail: a.detail,
+                fsync: a.fsync,
+                batch: Duration::from_millis(a.batch_ms),
+                retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
+                segment_bytes: a.segment_bytes,
+            }),
             models_json,
             access,
             guard: crate::pipeline::guard::Guard::build(cfg)
@@ -313,7 +323,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
     };
     section(cfg.server.tls.is_some(), "server.tls", "TLS termination");
-    section(cfg.audit.is_some(), "audit", "audit log");
     section(cfg.billing.is_some(), "billing", "cost accounting");
     section(
         cfg.cluster.is_some(),

@@ -15,6 +15,7 @@ use crate::api::json;
 use crate::api::request::stable_hash;
 use crate::api::request::Endpoint;
 use crate::api::GatewayError;
+use crate::audit;
 use crate::config::snapshot::{ModelRef, ModelRoute};
 use crate::http::head::is_hop_by_hop;
 use crate::http::response::push_u64;
@@ -33,9 +34,14 @@ pub async fn run(
     worker: &Rc<Worker>,
     io: &mut ClientIo,
     req: &Request<'_>,
-    _endpoint: Endpoint,
+    endpoint: Endpoint,
 ) -> Outcome {
     let snapshot = &worker.snapshot;
+    // audit: never serve a request that could not be recorded.
+    let audit = worker.shared.audit.get();
+    if audit.is_some_and(|log| !log.accepting()) {
+        return refuse(worker, io, req, &GatewayError::AuditUnavailable).await;
+    }
     // auth: credentials -> principal (None when access control is off).
     let principal = match auth::check(worker, req) {
         Ok(p) => p,
@@ -112,6 +118,8 @@ pub async fn run(
     let mut model = chain.next().unwrap_or(asked);
     let mut retries = 0u32;
     let mut last_error: Option<GatewayError> = None;
+    let mut decisions: Vec<String> = Vec::new();
+    let answered_by;
     let relayed = loop {
         let upstream = loop {
             if let Some(u) = router.pick(snapshot, states, model, &mut tried, reach) {
@@ -155,6 +163,7 @@ pub async fn run(
         state.inflight.fetch_sub(1, Relaxed);
         match forwarded {
             Forwarded::Answered(relayed) => {
+                answered_by = upstream;
                 record_attempt(worker, upstream, relayed.upstream_outcome, relayed.ttfb);
                 break relayed;
             }
@@ -164,6 +173,12 @@ pub async fn run(
                 retries += 1;
                 router.spend_retry();
                 worker.metrics.retry(outcome);
+                if audit.is_some() {
+                    decisions.push(format!(
+                        "retry:{}:{outcome}",
+                        snapshot.upstreams[upstream].name
+                    ));
+                }
                 tracing::info!(request_id = %String::from_utf8_lossy(&io.request_id), upstream = %snapshot.upstreams[upstream].name, outcome, "retrying on another target");
                 last_error = Some(error);
                 // Exponential backoff with full jitter.
@@ -191,6 +206,9 @@ pub async fn run(
     if let Some(ttft) = relayed.time_to_first_event {
         metrics.time_to_first_token(model_key, &route.name, ttft.as_secs_f64());
     }
+    if model != asked && audit.is_some() {
+        decisions.push(format!("fallback:{}", route.name));
+    }
     if model != asked {
         metrics.fallback(
             (asked as u32, model as u32),
@@ -211,6 +229,27 @@ pub async fn run(
             elapsed.as_secs_f64(),
             tokens,
         );
+    }
+    if let Some(log) = audit {
+        let record = audit::Record {
+            key: principal.as_ref().map(|p| p.key_id()),
+            team: principal.as_ref().map(|p| &*p.team.name),
+            user: principal.as_ref().and_then(|p| p.user.as_deref()),
+            model_asked: Some(authorize::client_name(snapshot, facts.model)),
+            model: Some(&route.name),
+            upstream: Some(&snapshot.upstreams[answered_by].name),
+            experiment: experiment.map(|e| &*snapshot.experiments[e].name),
+            variant: experiment.map(|_| &*snapshot.models[asked].name),
+            stream: facts.stream,
+            tokens_in: relayed.usage.map(|u| u.input),
+            tokens_out: relayed.usage.map(|u| u.output),
+            ttft_ms: relayed
+                .time_to_first_event
+                .map(|d| d.as_secs_f64() * 1000.0),
+            decisions,
+            ..audit_base(worker, req, &io.request_id, endpoint.as_str(), status, None)
+        };
+        submit(log, record, req.body);
     }
     // account: usage per day, team, key and model, queued for the store.
     if let (Some(p), Some(store)) = (&principal, worker.shared.store.get()) {
@@ -249,11 +288,62 @@ async fn refuse(
     e: &crate::api::GatewayError,
 ) -> Outcome {
     let outcome = reply_error(worker, io, e, req.keep_alive).await;
+    if let Some(log) = worker.shared.audit.get() {
+        let endpoint = match req.path() {
+            b"/v1/completions" => "completions",
+            b"/v1/embeddings" => "embeddings",
+            _ => "chat_completions",
+        };
+        let code = e.shape().code;
+        let record = audit_base(
+            worker,
+            req,
+            &io.request_id,
+            endpoint,
+            outcome.status,
+            Some(code),
+        );
+        submit(log, record, req.body);
+    }
     let seconds = req.started.elapsed().as_secs_f64();
     worker
         .metrics
         .request(u32::MAX, NO_MODEL, outcome.status, seconds);
     outcome
+}
+
+/// The fields every audit record has.
+fn audit_base<'a>(
+    worker: &'a Worker,
+    req: &'a Request<'_>,
+    request_id: &'a [u8],
+    endpoint: &'a str,
+    status: u16,
+    error: Option<&'a str>,
+) -> audit::Record<'a> {
+    audit::Record {
+        ts: crate::alerts::now_rfc3339_millis(),
+        request_id: std::str::from_utf8(request_id).unwrap_or("-"),
+        session: req
+            .header("x-sluice-session")
+            .and_then(|s| std::str::from_utf8(s).ok()),
+        endpoint,
+        params: audit::record::sampling_params(req.body),
+        latency_ms: req.started.elapsed().as_secs_f64() * 1000.0,
+        status,
+        error,
+        version: env!("CARGO_PKG_VERSION"),
+        config_sha256: &worker.snapshot.config_hash,
+        ..audit::Record::default()
+    }
+}
+
+/// Adds the content `detail` asks for and hands the record to the writer.
+fn submit(log: &audit::AuditLog, mut record: audit::Record<'_>, body: &[u8]) {
+    if log.settings.detail == crate::config::AuditDetail::Full {
+        record.request = serde_json::from_slice(body).ok();
+    }
+    log.submit(record.to_line());
 }
 
 /// Client request headers that are never forwarded: hop-by-hop ones, the

@@ -6,6 +6,7 @@
 //! listener thread. Nothing here is shared between workers but the
 //! immutable snapshot and a few atomics.
 
+pub mod notify;
 pub mod signals;
 pub mod worker;
 
@@ -13,7 +14,7 @@ use crate::config::snapshot::Snapshot;
 use crate::config::IoMode;
 use crate::pipeline::auth::KeyTable;
 use futures_channel::oneshot;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use thiserror::Error;
@@ -28,6 +29,11 @@ pub enum RuntimeError {
     Listen {
         worker: usize,
         addr: std::net::SocketAddr,
+        reason: String,
+    },
+    #[error("audit log in {dir}: {reason}")]
+    Audit {
+        dir: std::path::PathBuf,
         reason: String,
     },
     #[error("cannot start thread: {0}")]
@@ -53,6 +59,9 @@ pub struct Shared {
     /// Keys created through the admin API and not revoked; admin and
     /// reload only, never the request path.
     pub dynamic_keys: std::sync::Mutex<Vec<crate::pipeline::auth::KeySpec>>,
+    /// The audit log's writer handle, when `[audit]` is set (opened by
+    /// `Gateway::start_shared`).
+    pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
     draining: AtomicBool,
 }
 
@@ -66,6 +75,7 @@ impl Shared {
             upstreams,
             store: std::sync::OnceLock::new(),
             dynamic_keys: std::sync::Mutex::new(Vec::new()),
+            audit: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
         })
     }
@@ -137,6 +147,19 @@ pub struct Gateway {
     workers: Vec<JoinHandle<()>>,
     stop: Vec<oneshot::Sender<()>>,
     pub drivers: Vec<&'static str>,
+    /// Worker threads still running (decremented when one ends, for any
+    /// reason); read by the systemd watchdog thread.
+    alive: Arc<AtomicUsize>,
+}
+
+/// Decrements the live-worker count when a worker thread ends, also by
+/// unwinding.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Gateway {
@@ -149,6 +172,15 @@ impl Gateway {
     /// admin-created keys).
     pub fn start_shared(shared: Arc<Shared>) -> Result<Self, RuntimeError> {
         let snapshot = shared.snapshot.clone();
+        if let Some(settings) = &snapshot.audit {
+            let log = crate::audit::AuditLog::open(settings.clone()).map_err(|e| {
+                RuntimeError::Audit {
+                    dir: settings.dir.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let _ = shared.audit.set(log);
+        }
         crate::upstream::health::spawn_checker(
             snapshot.upstreams.clone(),
             shared.upstreams.clone(),
@@ -158,6 +190,7 @@ impl Gateway {
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut workers = Vec::new();
         let mut stop = Vec::new();
+        let alive = Arc::new(AtomicUsize::new(0));
         for id in 0..snapshot.server.workers {
             let cpu =
                 (snapshot.server.pin_cores && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
@@ -165,9 +198,12 @@ impl Gateway {
             stop.push(stop_tx);
             let shared = shared.clone();
             let ready_tx = ready_tx.clone();
+            alive.fetch_add(1, Ordering::SeqCst);
+            let alive_guard = AliveGuard(alive.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-worker-{id}"))
                 .spawn(move || {
+                    let _alive = alive_guard;
                     if let Some(cpu) = cpu {
                         if !pin_current_thread(cpu) {
                             tracing::warn!(worker = id, cpu, "could not pin worker to its CPU");
@@ -185,6 +221,7 @@ impl Gateway {
             workers,
             stop,
             drivers: Vec::new(),
+            alive,
         };
         for _ in 0..gateway.workers.len() {
             match ready_rx.recv() {
@@ -207,6 +244,12 @@ impl Gateway {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The number of worker threads still running, shared with whoever
+    /// watches it (the systemd watchdog thread in `main.rs`).
+    pub fn alive_workers(&self) -> Arc<AtomicUsize> {
+        self.alive.clone()
     }
 
     /// Starts the drain: `/ready` turns 503, listeners close, in-flight
