@@ -25,7 +25,7 @@ targets = [{ upstream = "a" }]
 
 [[teams]]
 name = "support"
-allowed_models = ["llama-*", "embed-small"]
+allowed_models = ["llama-*", "embed-*"]
 regions = ["eu"]
 
 [[keys]]

@@ -23,6 +23,7 @@
 # CPUs from it (IRQBALANCE_BANNED_CPULIST) before --apply. See
 # tuning/README.md.
 set -euo pipefail
+shopt -s extglob
 
 ifaces=()
 sluice_cpus=""
@@ -46,44 +47,55 @@ done
 
 # "0-3,8,10-11" -> "0 1 2 3 8 10 11"
 expand_list() {
-    local list=$1 part lo hi out=()
+    local list=$1 part lo hi c
+    local -a parts cpus=()
     [[ -n $list ]] || { echo ""; return; }
     IFS=, read -r -a parts <<< "$list"
     for part in "${parts[@]}"; do
         [[ $part =~ ^([0-9]+)(-([0-9]+))?$ ]] || die "bad CPU list: $list"
         lo=${BASH_REMATCH[1]}
         hi=${BASH_REMATCH[3]:-$lo}
-        for ((c = lo; c <= hi; c++)); do out+=("$c"); done
+        for ((c = lo; c <= hi; c++)); do cpus+=("$c"); done
     done
-    echo "${out[*]}"
+    echo "${cpus[*]}"
 }
 
 # "0 1 2 3" -> "0-3" (for display and smp_affinity_list)
 compress_list() {
-    local out="" start="" prev="" c
+    local text="" start="" prev="" c
     for c in $1; do
         if [[ -z $start ]]; then start=$c; prev=$c; continue; fi
         if ((c == prev + 1)); then prev=$c; continue; fi
-        out+="${out:+,}$start$([[ $start != "$prev" ]] && echo "-$prev")"
+        text+="${text:+,}$start"
+        [[ $start != "$prev" ]] && text+="-$prev"
         start=$c; prev=$c
     done
-    [[ -n $start ]] && out+="${out:+,}$start$([[ $start != "$prev" ]] && echo "-$prev")"
-    echo "$out"
+    if [[ -n $start ]]; then
+        text+="${text:+,}$start"
+        [[ $start != "$prev" ]] && text+="-$prev"
+    fi
+    echo "$text"
 }
 
 # "0 1 33" -> hex mask in the kernel's comma-separated 32-bit words
 cpu_mask() {
-    local c max=0 words i mask out=""
+    local c max=0 words i word hex=""
     for c in $1; do ((c > max)) && max=$c; done
     words=$((max / 32 + 1))
     local -a w
     for ((i = 0; i < words; i++)); do w[i]=0; done
     for c in $1; do w[c / 32]=$((w[c / 32] | (1 << (c % 32)))); done
     for ((i = words - 1; i >= 0; i--)); do
-        printf -v mask '%08x' "${w[i]}"
-        out+="${out:+,}$mask"
+        printf -v word '%08x' "${w[i]}"
+        hex+="${hex:+,}$word"
     done
-    echo "$out"
+    echo "$hex"
+}
+
+strip_mask() {
+    local m=${1//,/}
+    m=${m##+(0)}
+    echo "${m:-0}"
 }
 
 online=$(expand_list "$(cat /sys/devices/system/cpu/online)")
@@ -97,7 +109,12 @@ if [[ -z $sluice_cpus ]]; then
 fi
 sluice_set=$(expand_list "$sluice_cpus")
 
-if [[ -z $nic_cpus ]]; then
+plan=1
+if [[ -z $nic_cpus && -z $sluice_set ]]; then
+    # Nothing to keep NIC work away from: show only.
+    plan=0
+    nic_set=""
+elif [[ -z $nic_cpus ]]; then
     nic_set=""
     for c in $online; do
         [[ " $sluice_set " == *" $c "* ]] || nic_set+="${nic_set:+ }$c"
@@ -130,11 +147,11 @@ fi
 # The IRQs of a NIC: its PCI device's MSI vectors (also for virtio, whose
 # net device hangs below the PCI device), else /proc/interrupts by name.
 nic_irqs() {
-    local ifc=$1 dev
+    local ifc=$1 dev d v
     dev=$(readlink -f "/sys/class/net/$ifc/device" 2>/dev/null || true)
     for d in "$dev" "$dev/.."; do
         if [[ -n $dev && -d $d/msi_irqs ]]; then
-            ls "$d/msi_irqs" | sort -n
+            for v in "$d"/msi_irqs/*; do basename "$v"; done | sort -n
             return
         fi
     done
@@ -176,28 +193,33 @@ for ifc in "${ifaces[@]}"; do
         cur=$(cat "$f")
         eff=$(cat "/proc/irq/$irq/effective_affinity_list" 2>/dev/null || echo "?")
         printf '  irq %-5s %-28s affinity %-10s effective %s\n' "$irq" "$(irq_name "$irq")" "$cur" "$eff"
-        if [[ ${#nic_arr[@]} -gt 0 ]]; then
+        if ((plan)) && [[ ${#nic_arr[@]} -gt 0 ]]; then
             # One queue IRQ per NIC CPU, round robin.
             want=${nic_arr[i % ${#nic_arr[@]}]}
             i=$((i + 1))
             [[ $cur == "$want" ]] || do_write "$want" "$f"
         fi
     done
-    if ((rps)) && [[ -n $nic_set ]]; then
-        mask=$(cpu_mask "$nic_set")
-        for q in /sys/class/net/"$ifc"/queues/rx-*; do
-            [[ -e $q/rps_cpus ]] || continue
-            cur=$(cat "$q/rps_cpus")
-            printf '  %-8s rps_cpus %s\n' "$(basename "$q")" "$cur"
-            # Compare masks numerically (the kernel pads with leading zeros).
-            if [[ $((16#${cur//,/})) -ne $((16#${mask//,/})) ]]; then
+    mask=""
+    ((plan)) && [[ -n $nic_set ]] && mask=$(cpu_mask "$nic_set")
+    for q in /sys/class/net/"$ifc"/queues/rx-*; do
+        [[ -e $q/rps_cpus ]] || continue
+        cur=$(cat "$q/rps_cpus")
+        printf '  %-8s rps_cpus %s\n' "$(basename "$q")" "$cur"
+        if ((rps)) && [[ -n $mask ]]; then
+            # Compare without commas and leading zeros (the kernel pads).
+            if [[ $(strip_mask "$cur") != "$(strip_mask "$mask")" ]]; then
                 do_write "$mask" "$q/rps_cpus"
             fi
-        done
-    fi
+        fi
+    done
 done
 
 echo
+if ((!plan)); then
+    echo "# shown only: pass --sluice-cpus (or run sluice) to plan NIC CPUs apart from the workers"
+    exit 0
+fi
 if ((apply)); then
     ((failures == 0)) || { echo "# $failures write(s) failed" >&2; exit 1; }
     echo "# applied (until reboot); re-run without --apply to check"
