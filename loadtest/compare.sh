@@ -3,6 +3,8 @@
 #   (a) straight to a fixed nginx upstream,
 #   (b) through nginx as a plain keep-alive reverse proxy,
 #   (c) through sluice,
+#   (d) through sluice with PII scanning on (`sluice+pii`: every built-in
+#       entity masked in requests and answers; the body holds one email),
 # on the "fair rig" for 2 cores: upstream nginx and the load generator pinned
 # to CPU 0, the proxy under test alone on CPU 1, each proxy measured alone.
 # See loadtest/README.md for how to read the output.
@@ -11,6 +13,7 @@
 #   cargo build --release && loadtest/compare.sh
 #   QUICK=1 loadtest/compare.sh                  # 2 s per measurement
 #   SKIP_SLUICE=1 loadtest/compare.sh            # only (a) and (b)
+#   SKIP_PII=1 loadtest/compare.sh               # without (d)
 #   RUNS=3 DURATION=10s loadtest/compare.sh      # 3 interleaved rounds, medians
 #   LATENCY_AT_HALF=1 loadtest/compare.sh        # + fixed-rate latency (needs oha)
 #
@@ -18,7 +21,7 @@
 #   DURATION=8s  CONNECTIONS=32  RUNS=1  QUICK=0 (1 = 2s per measurement)
 #   WARMUP=1s (0 = none)  THREADS=1 (wrk threads)
 #   SLUICE_BIN=target/release/sluice (relative: to the current dir, else the repo root)
-#   SKIP_SLUICE=0  LATENCY_AT_HALF=0  OHA_BIN=(oha on PATH or ~/.cargo/bin/oha)
+#   SKIP_SLUICE=0  SKIP_PII=0  LATENCY_AT_HALF=0  OHA_BIN=(oha on PATH or ~/.cargo/bin/oha)
 #   UPSTREAM_PORT=18080 PROXY_PORT=18081 SLUICE_PORT=18082 SLUICE_METRICS_PORT=19092
 #   LOADGEN_CPU=0 PROXY_CPU=1  READY_TIMEOUT=20 (seconds)  RESULTS_DIR=loadtest/results
 
@@ -38,6 +41,7 @@ RUNS=${RUNS:-1}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-1s}
 SKIP_SLUICE=${SKIP_SLUICE:-0}
+SKIP_PII=${SKIP_PII:-0}
 LATENCY_AT_HALF=${LATENCY_AT_HALF:-0}
 SLUICE_BIN=${SLUICE_BIN:-target/release/sluice}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18080}
@@ -49,8 +53,9 @@ PROXY_CPU=${PROXY_CPU:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 
-# 229 bytes; the upstream answers with a 283-byte JSON body.
-BODY='{"model":"bench-model","messages":[{"role":"user","content":"Summarise in one short sentence why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}'
+# 229 bytes with one email in it (masked by sluice+pii); the upstream answers
+# with a 283-byte JSON body.
+BODY='{"model":"bench-model","messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}'
 AUTH_HEADER='Authorization: Bearer sk-bench'
 REQ_PATH=/v1/chat/completions
 
@@ -210,8 +215,9 @@ start_nginx() {
     STARTED_LOG=$prefix/logs/error.log
 }
 
+# start_sluice [TARGET]: sluice-pii adds the [pii] section.
 start_sluice() {
-    local dir=$TMP/sluice
+    local target=${1:-sluice} dir=$TMP/${1:-sluice}
     mkdir -p "$dir"
     cat >"$dir/sluice.toml" <<EOF
 [server]
@@ -229,6 +235,16 @@ max_connections = 256
 name = "bench-model"
 targets = [{ upstream = "bench" }]
 EOF
+    if [[ $target == sluice-pii ]]; then
+        cat >>"$dir/sluice.toml" <<EOF
+[pii]
+default_policy = "all"
+[pii.policies.all]
+action = "mask"
+entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
+scan_responses = true
+EOF
+    fi
     taskset -c "$PROXY_CPU" "$SLUICE_BIN" serve --config "$dir/sluice.toml" >"$dir/sluice.log" 2>&1 &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
@@ -264,6 +280,14 @@ sanity_check() {
     [[ $code == 200 ]] || die "$name: POST $base$REQ_PATH answered ${code:-nothing} (expected 200): $(head -c 300 "$out" 2>/dev/null)"
     grep -q 'Hello from the fixed upstream.' "$out" ||
         log "WARNING: $name answered 200 but without the upstream's content: $(head -c 300 "$out")"
+}
+
+# sluice+pii must have found the body's email (the upstream cannot tell).
+pii_check() {
+    local m
+    m=$(curl -s --max-time 2 "http://127.0.0.1:$SLUICE_METRICS_PORT/metrics") || true
+    grep -q '^sluice_pii_findings_total{.*entity="email"' <<<"$m" ||
+        die "sluice+pii answered, but sluice_pii_findings_total has no email finding: is the [pii] section applied?"
 }
 
 # ------------------------------------------------------------ load (wrk) ----
@@ -449,11 +473,11 @@ run_latency_at_half() {
                 measure_fixed nginx-proxy "$r" "http://127.0.0.1:$PROXY_PORT" "$rate"
                 stop_pid "$pid"
                 ;;
-            sluice)
-                start_sluice
+            sluice | sluice-pii)
+                start_sluice "$t"
                 pid=$STARTED_PID
-                wait_ready sluice "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-                measure_fixed sluice "$r" "http://127.0.0.1:$SLUICE_PORT" "$rate"
+                wait_ready "${LABEL[$t]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
+                measure_fixed "$t" "$r" "http://127.0.0.1:$SLUICE_PORT" "$rate"
                 stop_pid "$pid"
                 ;;
             esac
@@ -520,7 +544,8 @@ run_latency_at_half() {
 # ----------------------------------------------------------------- run ----
 TARGETS=(direct nginx-proxy)
 [[ $SKIP_SLUICE == 1 ]] || TARGETS+=(sluice)
-declare -A LABEL=([direct]="direct (upstream)" [nginx-proxy]="nginx proxy" [sluice]="sluice")
+[[ $SKIP_SLUICE == 1 || $SKIP_PII == 1 ]] || TARGETS+=(sluice-pii)
+declare -A LABEL=([direct]="direct (upstream)" [nginx-proxy]="nginx proxy" [sluice]="sluice" [sluice-pii]="sluice+pii")
 
 log "temp dir $TMP"
 # Is the machine quiet? Other load on either core skews every figure.
@@ -548,11 +573,12 @@ for target in "${TARGETS[@]}"; do
         sanity_check nginx-proxy "http://127.0.0.1:$PROXY_PORT"
         stop_pid "$pid"
         ;;
-    sluice)
-        start_sluice
+    sluice | sluice-pii)
+        start_sluice "$target"
         pid=$STARTED_PID
-        wait_ready sluice "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-        sanity_check sluice "http://127.0.0.1:$SLUICE_PORT"
+        wait_ready "${LABEL[$target]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
+        sanity_check "$target" "http://127.0.0.1:$SLUICE_PORT"
+        [[ $target != sluice-pii ]] || pii_check
         stop_pid "$pid"
         ;;
     esac
@@ -573,12 +599,12 @@ for ((round = 1; round <= RUNS; round++)); do
             measure nginx-proxy "$round" "http://127.0.0.1:$PROXY_PORT" "$pid"
             stop_pid "$pid"
             ;;
-        sluice)
-            start_sluice
+        sluice | sluice-pii)
+            start_sluice "$target"
             pid=$STARTED_PID
-            wait_ready sluice "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-            sanity_check sluice "http://127.0.0.1:$SLUICE_PORT"
-            measure sluice "$round" "http://127.0.0.1:$SLUICE_PORT" "$pid"
+            wait_ready "${LABEL[$target]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
+            sanity_check "$target" "http://127.0.0.1:$SLUICE_PORT"
+            measure "$target" "$round" "http://127.0.0.1:$SLUICE_PORT" "$pid"
             stop_pid "$pid"
             ;;
         esac
@@ -652,6 +678,13 @@ REPORT=$TMP/report.md
         echo "| ${LABEL[$t]}$flag | $(fmt_int "$rps") | $(fmt_us "$p50") | $(fmt_us "$p99") | $ratio | $added |"
     done
     echo
+    if [[ -n ${M_RPS[sluice-pii]:-} ]]; then
+        awk -v a="${M_RPS[sluice-pii]}" -v b="${M_RPS[sluice]}" 'BEGIN {
+            if (a > 0 && b > 0) printf "sluice+pii keeps %.1f%% of sluice'"'"'s own req/s (goal: at least 90%%; %s).\n", 100 * a / b, (a >= 0.9 * b ? "met" : "NOT met")
+            else print "sluice+pii vs sluice: n/a (a run measured nothing)."
+        }'
+        echo
+    fi
     for t in "${TARGETS[@]}"; do
         for ((r = 1; r <= RUNS; r++)); do
             k=$t:$r

@@ -64,43 +64,71 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 /// Whether a raw (still escaped) key, quotes included, equals `key`. Keys
 /// with escapes are rare, so only they pay for decoding.
 fn key_is(raw_with_quotes: &[u8], key: &str) -> bool {
-    let raw = &raw_with_quotes[1..raw_with_quotes.len() - 1];
-    if memchr::memchr(b'\\', raw).is_none() {
-        return raw == key.as_bytes();
-    }
-    serde_json::from_slice::<String>(raw_with_quotes).is_ok_and(|k| k == key)
+    key_name(raw_with_quotes).as_deref() == Some(key)
 }
 
-/// Byte range of the value of top-level member `key` in a JSON object,
-/// matching keys as parsed (so `"mod\u0065l"` is `model`).
-pub fn member_range(body: &[u8], key: &str) -> Option<Range<usize>> {
+/// Calls `each` with every top-level member of a JSON object: the raw key
+/// (quotes included, escapes not decoded) and the value's byte range.
+/// Stops early when `each` returns false.
+pub fn for_each_member(body: &[u8], mut each: impl FnMut(&[u8], Range<usize>) -> bool) {
     let mut i = skip_ws(body, 0);
     if body.get(i) != Some(&b'{') {
-        return None;
+        return;
     }
     i += 1;
     loop {
         i = skip_ws(body, i);
         if body.get(i) != Some(&b'"') {
-            return None;
+            return;
         }
-        let key_end = skip_string(body, i)?;
-        let this_key = &body[i..key_end];
+        let Some(key_end) = skip_string(body, i) else {
+            return;
+        };
+        let raw_key = &body[i..key_end];
         i = skip_ws(body, key_end);
         if body.get(i) != Some(&b':') {
-            return None;
+            return;
         }
         i = skip_ws(body, i + 1);
-        let value_end = skip_value(body, i)?;
-        if key_is(this_key, key) {
-            return Some(i..value_end);
+        let Some(value_end) = skip_value(body, i) else {
+            return;
+        };
+        if !each(raw_key, i..value_end) {
+            return;
         }
         i = skip_ws(body, value_end);
         match body.get(i) {
             Some(b',') => i += 1,
-            _ => return None,
+            _ => return,
         }
     }
+}
+
+/// Byte range of the value of top-level member `key` in a JSON object,
+/// matching keys as parsed (so `"mod\u0065l"` is `model`).
+pub fn member_range(body: &[u8], key: &str) -> Option<Range<usize>> {
+    let mut found = None;
+    for_each_member(body, |raw_key, range| {
+        if key_is(raw_key, key) {
+            found = Some(range);
+            return false;
+        }
+        true
+    });
+    found
+}
+
+/// The decoded name of a raw key (quotes included).
+pub fn key_name(raw_with_quotes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = &raw_with_quotes[1..raw_with_quotes.len() - 1];
+    if memchr::memchr(b'\\', raw).is_none() {
+        return std::str::from_utf8(raw)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw_with_quotes)
+        .ok()
+        .map(std::borrow::Cow::Owned)
 }
 
 /// Appends `s` as a JSON string literal.

@@ -72,12 +72,15 @@ pub fn sampling_params(body: &[u8]) -> BTreeMap<&'static str, serde_json::Value>
         "tool_choice",
     ];
     let mut out = BTreeMap::new();
-    for key in KEYS {
-        if let Some(range) = crate::api::json::member_range(body, key) {
+    // One pass over the top-level members, whatever their number.
+    crate::api::json::for_each_member(body, |raw_key, range| {
+        let name = crate::api::json::key_name(raw_key);
+        if let Some(key) = KEYS.iter().find(|k| name.as_deref() == Some(**k)) {
             if let Ok(v) = serde_json::from_slice(&body[range]) {
-                out.insert(key, v);
+                out.insert(*key, v);
             }
         }
-    }
+        true
+    });
     out
 }

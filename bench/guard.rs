@@ -1,0 +1,241 @@
+//! The PII/safety guard (issue 3). Goals:
+//! - scanner throughput on 1 MiB of ordinary English prose without findings:
+//!   at least 1 GiB/s per core;
+//! - text dense with findings (one every ~200 bytes): measured, no goal;
+//! - the added time of the request-side guard on a typical 4 KiB chat
+//!   request with a few findings (mask): under 20 microseconds.
+//!
+//! Run: `cargo bench --bench guard -- --warm-up-time 1 --measurement-time 3`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sluice::config::{parse_str, snapshot::Snapshot};
+use sluice::pipeline::guard::scanner::{Finding, Hits, Scanner, ScannerSpec};
+use sluice::pipeline::guard::GuardWorker;
+use std::hint::black_box;
+
+const ALL: &[&str] = &[
+    "email",
+    "phone",
+    "iban",
+    "credit_card",
+    "bsn",
+    "ssn",
+    "ipv4",
+    "ipv6",
+    "secret",
+];
+
+/// The reference configuration's data-protection sections: mask over every
+/// built-in entity, prompt-injection blocking and one deny pattern.
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+
+[[models]]
+name = "llama-3.1-8b"
+targets = [{ upstream = "a" }]
+
+[pii]
+default_policy = "standard"
+
+[pii.policies.standard]
+action = "mask"
+entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
+scan_responses = true
+
+[safety]
+prompt_injection = "block"
+deny_patterns = ["(?i)build (a|an) (bomb|explosive)"]
+"#;
+
+/// Ordinary prose: numbers, dates, times and prices, but nothing personal.
+const SENTENCES: &[&str] = &[
+    "The committee met on Tuesday to review the draft of the annual report.",
+    "Most of the discussion concerned the budget for the coming year, which rose by 4 percent.",
+    "She walked along the river until the path turned towards the old mill.",
+    "In 1998 the library moved into a larger building near the station.",
+    "He could not remember where he had left the keys, so he searched the kitchen twice.",
+    "The recipe asks for two cups of flour, a pinch of salt and three eggs.",
+    "Our team shipped the new release after a long week of testing and review.",
+    "Rain is expected in the afternoon, with temperatures around 14 degrees.",
+    "The museum opens at 10:30 and closes at 17:00 on weekdays.",
+    "Few people noticed that the clock in the tower had stopped at a quarter past nine.",
+    "Please read chapter 7 before the seminar and bring your notes.",
+    "The bridge was built in the nineteenth century and restored after the war.",
+    "A good summary keeps the main argument and leaves out the examples.",
+    "They agreed to meet again in March, once the figures were final.",
+    "The garden was full of roses, tulips and a single crooked apple tree.",
+    "Tickets cost 12 euros for adults and half that for children under 12.",
+    "Language models answer questions, write drafts and translate short texts.",
+    "The train to the coast leaves every hour from platform 3.",
+    "After the meeting, everyone went back to their desks without a word.",
+    "The report concludes that the project can be finished by the end of the quarter.",
+];
+
+/// Findings for the dense text, one every ~200 bytes, in turn.
+const DENSE: &[&str] = &[
+    "anna.devries@example.org",
+    "NL91 ABNA 0417 1643 00",
+    "+31 20 123 4567",
+    "4111 1111 1111 1111",
+    "192.168.10.20",
+    "06-12345678",
+    "DE89370400440532013000",
+    "j.smith@mail.example.com",
+];
+
+/// Deterministic pseudo-random sentence order (no two 1 KiB blocks alike).
+fn prose(len: usize, mut rng: u64, mut extra: impl FnMut(&mut String)) -> String {
+    let mut s = String::with_capacity(len + 256);
+    while s.len() < len {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push_str(SENTENCES[(rng >> 33) as usize % SENTENCES.len()]);
+        s.push(' ');
+        extra(&mut s);
+    }
+    s.truncate(len);
+    s
+}
+
+fn dense(len: usize) -> (String, usize) {
+    let mut next = 200;
+    let mut n = 0;
+    let text = prose(len, 7, |s| {
+        if s.len() >= next {
+            s.push_str("Contact ");
+            s.push_str(DENSE[n % DENSE.len()]);
+            s.push_str(" today. ");
+            n += 1;
+            next = s.len() + 200;
+        }
+    });
+    (text, n)
+}
+
+fn scanner(injection: bool, deny: &[String]) -> (Scanner, hyperscan::Scratch) {
+    let entities: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
+    let s = Scanner::compile(&ScannerSpec {
+        entities: &entities,
+        custom: &[],
+        injection,
+        deny,
+    })
+    .expect("compile");
+    let mut scratch = None;
+    s.fit_scratch(&mut scratch).expect("scratch");
+    (s, scratch.expect("scratch"))
+}
+
+fn bench_scanner(c: &mut Criterion) {
+    const MIB: usize = 1 << 20;
+    let text = prose(MIB, 1, |_| {});
+    let (dense_text, planted) = dense(MIB);
+    let deny = vec!["(?i)build (a|an) (bomb|explosive)".to_string()];
+    let mut hits = Hits::default();
+    let mut out: Vec<Finding> = Vec::new();
+
+    let mut g = c.benchmark_group("scan");
+    g.throughput(Throughput::Bytes(MIB as u64));
+    for (name, injection, deny) in [
+        ("entities", false, &[][..]),
+        ("entities+safety", true, &deny[..]),
+    ] {
+        let (s, scratch) = scanner(injection, deny);
+        s.findings(&scratch, text.as_bytes(), &mut hits, &mut out);
+        assert!(out.is_empty(), "the prose has findings: {:?}", &out[..]);
+        assert!(!hits.deny && hits.injection == 0, "the prose hits safety");
+        g.bench_function(format!("prose_1MiB/{name}"), |b| {
+            b.iter(|| {
+                s.findings(&scratch, black_box(text.as_bytes()), &mut hits, &mut out);
+                black_box(out.len())
+            })
+        });
+        s.findings(&scratch, dense_text.as_bytes(), &mut hits, &mut out);
+        assert_eq!(out.len(), planted, "dense text: every planted value found");
+        g.bench_function(format!("dense_1MiB/{name}"), |b| {
+            b.iter(|| {
+                s.findings(
+                    &scratch,
+                    black_box(dense_text.as_bytes()),
+                    &mut hits,
+                    &mut out,
+                );
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A ~4 KiB chat request: a system prompt, a few turns, three findings
+/// (an email, a phone number, an IBAN).
+fn chat_request(with_findings: bool) -> Vec<u8> {
+    let para = |seed: u64, len: usize| prose(len, seed, |_| {});
+    let (email, phone, iban) = if with_findings {
+        (
+            "anna.devries@example.org",
+            "+31 20 123 4567",
+            "NL91 ABNA 0417 1643 00",
+        )
+    } else {
+        ("the usual address", "the front desk", "the usual account")
+    };
+    let messages = serde_json::json!([
+        {"role": "system", "content": format!("You are a helpful assistant for a travel agency. {}", para(11, 700))},
+        {"role": "user", "content": format!("{} Please write to {email} when the booking is confirmed.", para(12, 800))},
+        {"role": "assistant", "content": para(13, 900)},
+        {"role": "user", "content": format!("{} You can also call me on {phone}.\nThe deposit comes from {iban}. {}", para(14, 600), para(15, 700))},
+    ]);
+    let body = serde_json::json!({
+        "model": "llama-3.1-8b",
+        "messages": messages,
+        "temperature": 0.2,
+        "max_tokens": 512,
+    });
+    serde_json::to_vec(&body).expect("json")
+}
+
+fn bench_request(c: &mut Criterion) {
+    let cfg = parse_str(CONFIG, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, CONFIG).expect("snapshot");
+    let guard = snapshot.guard.as_deref().expect("guard configured");
+    let gw = GuardWorker::new(Some(guard));
+    let mut g = c.benchmark_group("request");
+    for (name, with_findings) in [("chat_4KiB_3_findings", true), ("chat_4KiB_clean", false)] {
+        let body = chat_request(with_findings);
+        assert!(
+            (3800..4400).contains(&body.len()),
+            "body is {} bytes",
+            body.len()
+        );
+        let inspection = guard.inspect_request(&gw, None, &body).expect("allowed");
+        let masked = inspection.body.as_deref().map(String::from_utf8_lossy);
+        if with_findings {
+            let masked = masked.expect("masked body");
+            for label in ["[EMAIL]", "[PHONE]", "[IBAN]"] {
+                assert!(masked.contains(label), "{label} missing");
+            }
+        } else {
+            assert!(masked.is_none(), "the clean body was rewritten");
+        }
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let i = guard
+                    .inspect_request(&gw, None, black_box(&body))
+                    .expect("allowed");
+                black_box(i.body.map(|b| b.len()))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_scanner, bench_request);
+criterion_main!(benches);
