@@ -21,7 +21,15 @@ pub const WORKER_INFO: &str = "sluice_worker_info";
 pub const DRAINING: &str = "sluice_draining";
 pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "sluice_config_reloads_total";
+pub const TOOL_CALLS_BLOCKED_TOTAL: &str = "sluice_agent_tool_calls_blocked_total";
+pub const AUTH_THROTTLED_TOTAL: &str = "sluice_auth_throttled_total";
 pub const USAGE_DROPPED_TOTAL: &str = "sluice_usage_records_dropped_total";
+pub const COST_TOTAL: &str = "sluice_cost_total";
+pub const TOKENS_ESTIMATED_TOTAL: &str = "sluice_tokens_estimated_total";
+pub const BUDGET_USED_RATIO: &str = "sluice_budget_used_ratio";
+pub const BUDGET_ALERTS_TOTAL: &str = "sluice_budget_alerts_total";
+pub const LIMIT_REFUSALS_TOTAL: &str = "sluice_limit_refusals_total";
+pub const APPROVALS_PENDING: &str = "sluice_approvals_pending";
 pub const AUDIT_RECORDS_TOTAL: &str = "sluice_audit_records_total";
 pub const AUDIT_LOST_TOTAL: &str = "sluice_audit_records_lost_total";
 pub const AUDIT_WRITE_ERRORS_TOTAL: &str = "sluice_audit_write_errors_total";
@@ -132,6 +140,34 @@ fn describe() {
         "Configuration reloads (SIGHUP, POST /admin/reload), by result (ok|error)."
     );
     describe_gauge!(
+        COST_TOTAL,
+        "Cost of answered requests in [billing].currency, by team and model (only grows; a gauge because it is fractional)."
+    );
+    describe_counter!(
+        TOKENS_ESTIMATED_TOTAL,
+        "Requests whose tokens were estimated because the upstream reported no usage, by model."
+    );
+    describe_gauge!(
+        BUDGET_USED_RATIO,
+        "Settled spend of the current budget period / budget, by team."
+    );
+    describe_counter!(
+        BUDGET_ALERTS_TOTAL,
+        "Budget alert thresholds crossed (once each per period), by team and threshold."
+    );
+    describe_counter!(
+        LIMIT_REFUSALS_TOTAL,
+        "Requests refused by a limit, by scope (team|key) and limit (requests|tokens|concurrency|budget)."
+    );
+    describe_counter!(
+        TOOL_CALLS_BLOCKED_TOTAL,
+        "Answers replaced because they called a tool the team's agent policy forbids."
+    );
+    describe_counter!(
+        AUTH_THROTTLED_TOTAL,
+        "Requests from an address with repeated authentication failures, by action (delayed|refused)."
+    );
+    describe_gauge!(
         UPSTREAM_HEALTHY,
         "1 while an upstream is in rotation: its active checks pass and its breaker is not open."
     );
@@ -203,6 +239,7 @@ pub struct WorkerMetrics {
     fallbacks: RefCell<HashMap<(u32, u32), Counter>>,
     experiments: RefCell<HashMap<(u32, u32, u16), Counter>>,
     experiment_extra: RefCell<HashMap<(u32, u32), ExperimentHandles>>,
+    cost: RefCell<HashMap<(u32, u32), metrics::Gauge>>,
 }
 
 impl WorkerMetrics {
@@ -244,6 +281,18 @@ impl WorkerMetrics {
         });
         i.increment(input);
         o.increment(output);
+    }
+
+    /// Adds `amount` (in the billing currency) to the cost of a team and
+    /// model; the keys are their snapshot indexes.
+    pub fn cost(&self, keys: (u32, u32), team: &str, model: &str, amount: f64) {
+        self.cost
+            .borrow_mut()
+            .entry(keys)
+            .or_insert_with(
+                || gauge!(COST_TOTAL, "team" => team.to_owned(), "model" => model.to_owned()),
+            )
+            .increment(amount);
     }
 
     pub fn upstream(&self, upstream_key: u32, upstream: &str, outcome: &'static str) {
@@ -329,6 +378,11 @@ impl WorkerMetrics {
     }
 }
 
+/// Answers held for a person's decision right now.
+pub fn approvals_pending(n: usize) {
+    gauge!(APPROVALS_PENDING).set(n as f64);
+}
+
 /// Audit writer thread: one record written.
 pub fn audit_written() {
     counter!(AUDIT_RECORDS_TOTAL).increment(1);
@@ -342,6 +396,27 @@ pub fn audit_lost() {
 
 pub fn audit_write_error() {
     counter!(AUDIT_WRITE_ERRORS_TOTAL).increment(1);
+}
+
+/// A request whose tokens were estimated (the upstream sent no usage).
+pub fn tokens_estimated(model: &str) {
+    counter!(TOKENS_ESTIMATED_TOTAL, "model" => model.to_owned()).increment(1);
+}
+
+/// A team's budget use after a settlement.
+pub fn budget_used_ratio(team: &str, ratio: f64) {
+    gauge!(BUDGET_USED_RATIO, "team" => team.to_owned()).set(ratio);
+}
+
+/// A budget alert threshold was crossed (once per threshold and period).
+pub fn budget_alert(team: &str, threshold: f64) {
+    counter!(BUDGET_ALERTS_TOTAL, "team" => team.to_owned(), "threshold" => threshold.to_string())
+        .increment(1);
+}
+
+/// A request refused by a rate limit or budget.
+pub fn limit_refused(scope: &'static str, limit: &'static str) {
+    counter!(LIMIT_REFUSALS_TOTAL, "scope" => scope, "limit" => limit).increment(1);
 }
 
 /// Health of an upstream changed (active checks or breaker).
@@ -370,6 +445,16 @@ pub fn usage_dropped() {
 
 pub fn config_reload(result: &'static str) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// An answer calling a forbidden tool was replaced by an error (rare).
+pub fn tool_call_blocked() {
+    counter!(TOOL_CALLS_BLOCKED_TOTAL).increment(1);
+}
+
+/// A request from an address under brute-force throttling (rare).
+pub fn auth_throttled(action: &'static str) {
+    counter!(AUTH_THROTTLED_TOTAL, "action" => action).increment(1);
 }
 
 pub fn connection_opened() {

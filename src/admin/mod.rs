@@ -154,6 +154,10 @@ impl Admin {
                 .revoke_key(&p["/admin/keys/".len()..])
                 .map(|v| (200, v)),
             ("GET", "/admin/teams") => Ok((200, self.teams())),
+            ("GET", "/admin/approvals") => Ok((200, self.shared.approvals.list())),
+            ("POST", p) if p.starts_with("/admin/approvals/") => {
+                self.decide(&p["/admin/approvals/".len()..], body)
+            }
             ("POST", "/admin/reload") => match &self.reload {
                 Some(reload) => match reload() {
                     Ok(what) => Ok((200, json!({"status": "reloaded", "config_sha256": what}))),
@@ -196,6 +200,51 @@ impl Admin {
         }
     }
 
+    /// `POST /admin/approvals/{id}/approve|reject`, body `{"by": "<reviewer>"}`.
+    fn decide(&self, rest: &str, body: &[u8]) -> Result<(u16, Value), AdminError> {
+        use crate::pipeline::approve::Decision;
+        let (id, verb) = rest.split_once('/').unwrap_or((rest, ""));
+        let id: u64 = id.parse().map_err(|_| {
+            (
+                404,
+                "unknown_approval",
+                format!("no pending approval {id:?}"),
+            )
+        })?;
+        let by = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("by")?.as_str().map(str::to_owned))
+            .filter(|b| !b.trim().is_empty())
+            .ok_or((
+                400,
+                "missing_reviewer",
+                "the body must name the reviewer: {\"by\": \"...\"}".to_owned(),
+            ))?;
+        let decision = match verb {
+            "approve" => Decision::Approved { by: by.clone() },
+            "reject" => Decision::Rejected { by: by.clone() },
+            _ => {
+                return Err((
+                    404,
+                    "unknown_url",
+                    format!("use /admin/approvals/{id}/approve or /reject"),
+                ))
+            }
+        };
+        if !self.shared.approvals.decide(id, decision) {
+            return Err((
+                404,
+                "unknown_approval",
+                format!("approval {id} is not pending (decided, expired or unknown)"),
+            ));
+        }
+        tracing::info!(approval = id, verb, by = %by, "approval decided through the admin API");
+        Ok((
+            200,
+            json!({"id": id.to_string(), "decision": verb, "by": by}),
+        ))
+    }
+
     fn create_key(&self, body: &[u8]) -> Result<Value, AdminError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -210,7 +259,7 @@ impl Admin {
         let bad = |m: String| (400, "invalid_request", m);
         let req: NewKey =
             serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let snapshot = self.shared.snapshot.clone();
+        let snapshot = self.shared.snapshot();
         if snapshot.access.team(&req.team).is_none() {
             return Err(bad(format!("unknown team {:?}", req.team)));
         }
@@ -267,7 +316,7 @@ impl Admin {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(spec.clone());
-        self.shared.rebuild_keys(&snapshot);
+        self.shared.rebuild_keys();
         tracing::info!(key = %id, prefix = %spec.prefix, team = %req.team, "admin: API key created");
         Ok(json!({
             "id": id,
@@ -282,7 +331,7 @@ impl Admin {
     }
 
     fn list_keys(&self) -> Result<Value, AdminError> {
-        let snapshot = self.shared.snapshot.clone();
+        let snapshot = self.shared.snapshot();
         let mut data: Vec<Value> = snapshot
             .access
             .static_keys
@@ -305,7 +354,7 @@ impl Admin {
     }
 
     fn revoke_key(&self, id: &str) -> Result<Value, AdminError> {
-        let snapshot = self.shared.snapshot.clone();
+        let snapshot = self.shared.snapshot();
         if snapshot.access.static_keys.iter().any(|k| k.id == id) {
             return Err((
                 409,
@@ -327,13 +376,13 @@ impl Admin {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k| k.id != id);
-        self.shared.rebuild_keys(&snapshot);
+        self.shared.rebuild_keys();
         tracing::info!(key = %id, "admin: API key revoked");
         Ok(json!({"id": id, "revoked": true}))
     }
 
     fn teams(&self) -> Value {
-        let snapshot = self.shared.snapshot.clone();
+        let snapshot = self.shared.snapshot();
         let keys = self.shared.keys.load();
         let data: Vec<Value> = snapshot
             .access

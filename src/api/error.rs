@@ -48,6 +48,10 @@ pub enum GatewayError {
     ToolNotAllowed(String),
     #[error("{0}")]
     SessionLimit(String),
+    /// Too many authentication failures from the client's address; the
+    /// seconds until it may try again.
+    #[error("Too many failed authentication attempts from your address; retry in {0} seconds.")]
+    AuthBlocked(u64),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("every upstream of this model failed; the last answered {0}")]
@@ -56,6 +60,21 @@ pub enum GatewayError {
     NoUpstream(String),
     #[error("the audit log cannot take records right now; the request was not served unaudited")]
     AuditUnavailable,
+    /// A budget cannot hold the request's worst-case cost.
+    #[error("{0} Ask your administrator to raise it, or wait for the next period.")]
+    InsufficientQuota(String),
+    /// A rate limit (rpm, tpm, max_concurrent) of the team or key.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: u64,
+        remaining_requests: Option<u64>,
+        remaining_tokens: Option<u64>,
+    },
+    #[error("a reviewer rejected this answer")]
+    RejectedByReviewer,
+    #[error("no reviewer decided on this answer within {0} s")]
+    ApprovalTimeout(u64),
 }
 
 /// How an error is presented: status, OpenAI type, code, param, and the
@@ -116,11 +135,21 @@ impl GatewayError {
             E::UpstreamStatus(status) => (*status, SERVER, "upstream_error", "upstream_status"),
             E::NoUpstream(_) => (503, SERVER, "no_healthy_upstream", "no_upstream"),
             E::AuditUnavailable => (503, SERVER, "audit_unavailable", "audit_unavailable"),
+            E::InsufficientQuota(_) => (429, QUOTA, "insufficient_quota", "insufficient_quota"),
+            E::RateLimited { .. } => (
+                429,
+                RATE_LIMIT,
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+            ),
+            E::RejectedByReviewer => (403, INVALID, "rejected_by_reviewer", "rejected_by_reviewer"),
+            E::ApprovalTimeout(_) => (504, SERVER, "approval_timeout", "approval_timeout"),
             E::InvalidApiKey(_) => (401, INVALID, "invalid_api_key", "invalid_api_key"),
             E::ModelNotAllowed(_) => (403, PERMISSION, "model_not_allowed", "model_not_allowed"),
             E::RegionNotAllowed(_) => (403, PERMISSION, "region_not_allowed", "region_not_allowed"),
             E::ToolNotAllowed(_) => (403, PERMISSION, "tool_not_allowed", "tool_not_allowed"),
             E::SessionLimit(_) => (429, RATE_LIMIT, "session_limit", "session_limit"),
+            E::AuthBlocked(_) => (429, RATE_LIMIT, "too_many_auth_failures", "auth_blocked"),
             E::Upstream(u) => match u {
                 UpstreamError::Connect(..) => {
                     (502, SERVER, "upstream_unavailable", "upstream_connect")
@@ -148,6 +177,32 @@ impl GatewayError {
         }
     }
 
+    /// Extra response headers of this error: `allow` for 405,
+    /// `retry-after` and `x-ratelimit-remaining-*` for rate limits.
+    pub fn headers(&self) -> Vec<(&'static [u8], String)> {
+        match self {
+            GatewayError::MethodNotAllowed { allow, .. } => vec![(b"allow", allow.to_string())],
+            GatewayError::AuthBlocked(secs) => vec![(b"retry-after", secs.to_string())],
+            GatewayError::RateLimited {
+                retry_after,
+                remaining_requests,
+                remaining_tokens,
+                ..
+            } => {
+                let mut h: Vec<(&'static [u8], String)> =
+                    vec![(b"retry-after", retry_after.to_string())];
+                if let Some(r) = remaining_requests {
+                    h.push((b"x-ratelimit-remaining-requests", r.to_string()));
+                }
+                if let Some(t) = remaining_tokens {
+                    h.push((b"x-ratelimit-remaining-tokens", t.to_string()));
+                }
+                h
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The OpenAI error JSON body for this error.
     pub fn body(&self) -> Vec<u8> {
         let shape = self.shape();
@@ -164,3 +219,4 @@ const INVALID: &str = "invalid_request_error";
 const SERVER: &str = "api_error";
 const PERMISSION: &str = "permission_error";
 const RATE_LIMIT: &str = "rate_limit_error";
+const QUOTA: &str = "insufficient_quota";

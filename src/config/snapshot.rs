@@ -94,6 +94,11 @@ pub struct Snapshot {
     pub experiments: Vec<Experiment>,
     model_index: HashMap<Box<str>, ModelRef>,
     pub resilience: Resilience,
+    /// `[[approvals]]`: answers held for a person's decision.
+    pub approvals: Vec<crate::pipeline::approve::ApprovalRule>,
+    /// Prices per model, `[billing].currency`, the alert webhook
+    /// (token accounting, budgets; see pipeline/account.rs).
+    pub billing: crate::pipeline::account::Billing,
     /// `[audit]`, resolved; None = no audit log.
     pub audit: Option<crate::audit::AuditSettings>,
     /// `[alerts].webhook`: breaker changes are posted here.
@@ -274,6 +279,20 @@ impl Snapshot {
             model_index,
             resilience,
             alert_webhook: cfg.alerts.as_ref().map(|a| a.webhook.as_str().into()),
+            billing: crate::pipeline::account::Billing::new(
+                &cfg.billing.clone().unwrap_or_default().currency,
+                cfg.models.iter().map(|m| m.price),
+                cfg.alerts.as_ref().map(|a| a.webhook.as_str()),
+            ),
+            approvals: cfg
+                .approvals
+                .iter()
+                .map(|a| crate::pipeline::approve::ApprovalRule {
+                    team: a.team.as_str().into(),
+                    models: a.models.iter().map(|m| m.as_str().into()).collect(),
+                    timeout: Duration::from_secs(a.timeout_s.unwrap_or(300)),
+                })
+                .collect(),
             audit: cfg.audit.as_ref().map(|a| crate::audit::AuditSettings {
                 dir: cfg.resolve(&a.dir),
                 detail: a.detail,
@@ -323,39 +342,18 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
     };
     section(cfg.server.tls.is_some(), "server.tls", "TLS termination");
-    section(cfg.billing.is_some(), "billing", "cost accounting");
     section(
         cfg.cluster.is_some(),
         "cluster",
         "shared limits through Redis",
     );
     section(cfg.cache.is_some(), "cache", "response cache");
-    section(!cfg.agents.is_empty(), "agents", "agent tool policies");
-    section(!cfg.approvals.is_empty(), "approvals", "human approval");
     for (i, t) in cfg.teams.iter().enumerate() {
-        let limits = [
-            (
-                t.budget.is_some() || !t.alert_at.is_empty(),
-                "budget / alert_at (budgets)",
-            ),
-            (
-                t.rpm.is_some() || t.tpm.is_some() || t.max_concurrent.is_some(),
-                "rpm / tpm / max_concurrent (rate limits)",
-            ),
-            (t.cache.is_some(), "cache (response cache)"),
-            (t.audit_detail.is_some(), "audit_detail (audit log)"),
-        ];
+        let limits = [(t.cache.is_some(), "cache (response cache)")];
         for (present, what) in limits {
             if present {
                 out.push(format!("teams[{i}].{what}"));
             }
-        }
-    }
-    for (i, k) in cfg.keys.iter().enumerate() {
-        if k.rpm.is_some() || k.tpm.is_some() || k.max_concurrent.is_some() || k.budget.is_some() {
-            out.push(format!(
-                "keys[{i}].rpm / tpm / max_concurrent / budget (rate limits and budgets)"
-            ));
         }
     }
     for (i, u) in cfg.upstreams.iter().enumerate() {
@@ -364,11 +362,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
         if u.ca_file.is_some() {
             out.push(format!("upstreams[{i}].ca_file (TLS to upstreams)"));
-        }
-    }
-    for (i, m) in cfg.models.iter().enumerate() {
-        if m.price.is_some() || m.tier.is_some() {
-            out.push(format!("models[{i}].price / tier (cost accounting)"));
         }
     }
     out

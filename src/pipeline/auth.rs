@@ -72,6 +72,13 @@ pub struct Team {
     pub agent: Option<AgentPolicy>,
     /// The `GET /v1/models` body for this team, built once.
     pub models_json: Vec<u8>,
+    /// `pii_policy`: the name under `[pii.policies]`; None = the default.
+    pub pii_policy: Option<Box<str>>,
+    /// `audit_detail`: overrides `[audit].detail` for this team's records.
+    pub audit_detail: Option<crate::config::AuditDetail>,
+    /// Rate limits and budget of the team (`rpm`, `tpm`,
+    /// `max_concurrent`, `budget`, `alert_at`); None = unlimited.
+    pub controls: Option<Arc<super::account::Controls>>,
 }
 
 impl Team {
@@ -119,6 +126,11 @@ impl NameRule {
             }
         }
         rule
+    }
+
+    /// True when the rule matches nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.any && self.exact.is_empty() && self.globs.is_empty()
     }
 
     pub fn matches(&self, name: &str) -> bool {
@@ -195,6 +207,9 @@ pub struct Key {
     pub expires_at: Option<i64>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
+    /// The key's own rate limits and budget, shared by every key table
+    /// built from the same snapshot (counters survive admin changes).
+    pub controls: Option<Arc<super::account::Controls>>,
 }
 
 /// A key not bound to a snapshot's teams yet: from `[[keys]]` or the store.
@@ -242,6 +257,8 @@ pub struct Access {
     team_index: HashMap<Box<str>, usize>,
     pub static_keys: Vec<KeySpec>,
     pub jwt: Option<JwtVerifier>,
+    /// `max_concurrent` and `budget` of `[[keys]]` entries, by key id.
+    key_extra: HashMap<Box<str>, (Option<u32>, Option<crate::config::Budget>)>,
 }
 
 impl Access {
@@ -279,7 +296,30 @@ impl Access {
             team_index,
             static_keys,
             jwt,
+            key_extra: cfg
+                .keys
+                .iter()
+                .map(|k| (k.id.as_str().into(), (k.max_concurrent, k.budget)))
+                .collect(),
         })
+    }
+
+    /// The cost controls of a key (None when it has no limit): the same
+    /// counters every time the same key id is bound with the same limits.
+    pub fn controls_for(&self, s: &KeySpec) -> Option<Arc<super::account::Controls>> {
+        let (max_concurrent, budget) = self
+            .key_extra
+            .get(s.id.as_str())
+            .copied()
+            .unwrap_or_default();
+        super::account::Controls::get(
+            "key",
+            &s.id,
+            &s.team,
+            (s.rpm, s.tpm, max_concurrent),
+            budget.as_ref(),
+            &[],
+        )
     }
 
     pub fn team(&self, name: &str) -> Option<&Arc<Team>> {
@@ -306,6 +346,9 @@ fn build_team(index: usize, t: &TeamConfig, agents: &[AgentConfig], models: &[&s
             .find(|a| a.team == t.name)
             .map(AgentPolicy::new),
         models_json: crate::config::snapshot::models_list_json(&visible),
+        pii_policy: t.pii_policy.as_deref().map(Into::into),
+        audit_detail: t.audit_detail,
+        controls: super::account::Controls::team(t),
         allowed_slots: models
             .iter()
             .map(|m| allowed_models.as_ref().is_none_or(|r| r.matches(m)))
@@ -342,6 +385,7 @@ impl KeyTable {
                     expires_at: s.expires_at,
                     rpm: s.rpm,
                     tpm: s.tpm,
+                    controls: access.controls_for(s),
                 }),
             );
         }
@@ -547,23 +591,80 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// The pipeline's authentication step: None when access control is off
 /// (no `[auth]`, `[[teams]]` or `[[keys]]`), else the principal or a 401.
-pub fn check(
+///
+/// An address with repeated failures is slowed down, then refused for a
+/// while (see `throttle`): the refusal comes before the credentials are
+/// looked at, the delay before the 401 is sent.
+pub async fn check(
     worker: &crate::runtime::worker::Worker,
     req: &crate::http::server::Request<'_>,
 ) -> Result<Option<Principal>, crate::api::GatewayError> {
+    use super::throttle::Penalty;
     let access = &worker.snapshot.access;
     if !access.enabled {
         return Ok(None);
     }
+    let throttle = &worker.shared.auth_throttle;
+    if let Some(wait) = throttle.blocked(req.peer, req.started) {
+        crate::metrics::auth_throttled("refused");
+        return Err(crate::api::GatewayError::AuthBlocked(
+            wait.as_secs_f64().ceil() as u64,
+        ));
+    }
     let keys = worker.shared.keys.load();
     let token = presented_token(&access.header, |name| req.header(name));
-    match authenticate(access, &keys, token, unix_now()) {
-        Ok(p) => Ok(Some(p)),
-        Err(failure) => {
-            crate::metrics::auth_failure(failure.reason());
-            tracing::debug!(reason = failure.reason(), "authentication failed");
-            Err(crate::api::GatewayError::InvalidApiKey(failure.message()))
+    let failure = match authenticate(access, &keys, token, unix_now()) {
+        Ok(p) => return rebind(access, p).map(Some),
+        Err(failure) => failure,
+    };
+    crate::metrics::auth_failure(failure.reason());
+    tracing::debug!(reason = failure.reason(), "authentication failed");
+    match throttle.failed(req.peer, req.started) {
+        Penalty::None => {}
+        Penalty::Delay(d) => {
+            crate::metrics::auth_throttled("delayed");
+            monoio::time::sleep(d).await;
         }
+        Penalty::Blocked => {
+            tracing::warn!(peer = %req.peer, window_s = super::throttle::WINDOW.as_secs(), block_s = super::throttle::BLOCK_FOR.as_secs(), "too many authentication failures: address refused for a while");
+        }
+    }
+    Err(crate::api::GatewayError::InvalidApiKey(failure.message()))
+}
+
+/// Binds a key's principal to the teams of the snapshot the request runs
+/// on: right after a reload the key table and a worker's snapshot may be
+/// one generation apart (one pointer compare when they are not).
+fn rebind(access: &Access, mut p: Principal) -> Result<Principal, crate::api::GatewayError> {
+    let current = access.teams.get(p.team.index);
+    if current.is_some_and(|t| Arc::ptr_eq(t, &p.team)) {
+        return Ok(p);
+    }
+    match access.team(&p.team.name) {
+        Some(t) => {
+            p.team = t.clone();
+            Ok(p)
+        }
+        None => Err(crate::api::GatewayError::InvalidApiKey(
+            AuthFailure::UnknownTeam.message(),
+        )),
+    }
+}
+
+/// A team with every model allowed and the given agent policy (unit tests).
+#[cfg(test)]
+pub fn test_team(agent: Option<&AgentConfig>) -> Team {
+    Team {
+        name: "t".into(),
+        index: 0,
+        allowed_models: None,
+        allowed_slots: Box::new([]),
+        regions: None,
+        agent: agent.map(AgentPolicy::new),
+        models_json: Vec::new(),
+        pii_policy: None,
+        audit_detail: None,
+        controls: None,
     }
 }
 

@@ -3,13 +3,18 @@
 //! forward and relay. Authentication, authorization, limits, guards and
 //! the cache slot in between these steps as they are built.
 
+pub mod account;
+pub mod agent;
+pub mod approve;
 pub mod auth;
 pub mod authorize;
 pub mod filter;
 pub mod guard;
 pub mod jwt;
+pub mod limits;
 pub mod relay;
 pub mod route;
+pub mod throttle;
 
 use crate::api::json;
 use crate::api::request::stable_hash;
@@ -43,7 +48,7 @@ pub async fn run(
         return refuse(worker, io, req, &GatewayError::AuditUnavailable).await;
     }
     // auth: credentials -> principal (None when access control is off).
-    let principal = match auth::check(worker, req) {
+    let principal = match auth::check(worker, req).await {
         Ok(p) => p,
         Err(e) => return refuse(worker, io, req, &e).await,
     };
@@ -62,13 +67,35 @@ pub async fn run(
             return refuse(worker, io, req, &e).await;
         }
     }
+    // agents: the tools offered and the session's turns (`[[agents]]`).
+    if let Some(p) = principal.as_ref().filter(|p| p.team.agent.is_some()) {
+        if let Err(e) = agent::check_tools(p, &facts.tools) {
+            return refuse(worker, io, req, &e).await;
+        }
+        if let Some(session) = req.header("x-sluice-session") {
+            let session = crate::http::head::trim(session);
+            if let Err(e) = worker.shared.sessions.turn(p, session, req.started) {
+                return refuse(worker, io, req, &e).await;
+            }
+        }
+    }
     // The body forwarded: the client's bytes unless a step rewrites them.
     let mut body: Cow<'_, [u8]> = Cow::Borrowed(req.body);
     // Steps that change the answer on its way back register here.
     let mut filters = AnswerFilters::default();
+    // agents: answers calling a forbidden tool are replaced by an error.
+    if let Some(f) = principal
+        .as_ref()
+        .and_then(|p| agent::ToolCallFilter::for_team(&p.team))
+    {
+        filters.push(f);
+    }
     // guard: PII and content safety on the text that reaches the model.
     if let Some(guard) = &snapshot.guard {
-        match guard.inspect_request(&worker.guard, None, req.body) {
+        let team_policy = principal
+            .as_ref()
+            .and_then(|p| p.team.pii_policy.as_deref());
+        match guard.inspect_request(&worker.guard, team_policy, req.body) {
             Ok(inspection) => {
                 if let Some(rewritten) = inspection.body {
                     body = Cow::Owned(rewritten);
@@ -81,6 +108,24 @@ pub async fn run(
         }
     }
 
+    // account: streams ask the upstream for usage (`include_usage`); the
+    // extra usage event is dropped again when the client did not ask.
+    let accounted = principal.is_some() || snapshot.billing.has_prices();
+    let tally = std::rc::Rc::new(account::Tally::default());
+    if accounted {
+        let added = if facts.stream {
+            account::with_stream_usage(&body)
+        } else {
+            None
+        };
+        filters.push(Box::new(account::UsageFilter {
+            strip_usage: added.is_some(),
+            tally: tally.clone(),
+        }));
+        if let Some(rewritten) = added {
+            body = Cow::Owned(rewritten);
+        }
+    }
     // route: experiment variant, then targets, retries and fallbacks.
     let reach = route::Reach {
         regions: principal.as_ref().and_then(|p| p.allowed_regions()),
@@ -109,8 +154,24 @@ pub async fn run(
         .copied()
         .filter(|&m| may_use(m))
         .collect();
+    // limits: rate limits of the team and key, and the budget reservation
+    // of the worst case at the highest price of the models that may answer;
+    // settled after the relay, given back when the request fails first.
+    let worst = account::worst(
+        &snapshot.billing,
+        &body,
+        std::iter::once(asked).chain(fallbacks.iter().copied()),
+    );
+    let admission = match principal.as_ref().map(|p| account::admit(p, worst)) {
+        Some(Err(e)) => return refuse(worker, io, req, &e).await,
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    if admission.as_ref().is_some_and(|a| a.has_budget()) && facts.stream {
+        tally.cap_bytes.set(worst.output.saturating_mul(4));
+    }
     let resilience = &snapshot.resilience;
-    let states = &*worker.shared.upstreams;
+    let states = &*worker.upstreams;
     let router = &worker.router;
     router.earn_retry(resilience.retry_budget);
     let mut tried = route::Tried::default();
@@ -152,7 +213,17 @@ pub async fn run(
             &snapshot.upstreams[upstream],
             route,
         );
+        let hold = principal.as_ref().and_then(|p| {
+            let rule = approve::rule_for(&snapshot.approvals, &p.team.name, &route.name)?;
+            Some(relay::Hold {
+                rule,
+                team: &p.team.name,
+                key: p.key_id(),
+                model: &route.name,
+            })
+        });
         let attempt = relay::Attempt {
+            hold,
             upstream,
             may_retry,
             served_model: (model != asked || experiment.is_some()).then_some(&*route.name),
@@ -200,11 +271,44 @@ pub async fn run(
     let status = relayed.outcome.status;
     metrics.request(model_key, &route.name, status, elapsed.as_secs_f64());
     metrics.overhead(elapsed.saturating_sub(relayed.upstream_time).as_secs_f64());
-    if let Some(usage) = relayed.usage {
+    // account: the reported usage, or an estimate (marked) when the
+    // upstream sent none; cost at the answering model's price.
+    let estimated = relayed.usage.is_none() && (status < 400 || tally.text_bytes.get() > 0);
+    let usage = match relayed.usage {
+        Some(u) => Some(u),
+        None if estimated => Some(relay::Usage {
+            input: account::estimated_prompt_tokens(&body),
+            output: tally.text_bytes.get().div_ceil(4),
+        }),
+        None => None,
+    };
+    let cost = usage.map_or(0, |u| snapshot.billing.cost(model, u.input, u.output));
+    if let Some(usage) = usage {
         metrics.tokens(model_key, &route.name, usage.input, usage.output);
+        if estimated {
+            crate::metrics::tokens_estimated(&route.name);
+        }
+    }
+    if cost > 0 {
+        let (team_key, team) = principal.as_ref().map_or((u32::MAX, NO_MODEL), |p| {
+            (p.team.index as u32, &*p.team.name)
+        });
+        metrics.cost(
+            (team_key, model_key),
+            team,
+            &route.name,
+            cost as f64 / account::NANOS,
+        );
+    }
+    if let Some(admission) = admission {
+        let tokens = usage.map_or(0, |u| u.input + u.output);
+        admission.settle(&snapshot.billing, tokens, cost);
     }
     if let Some(ttft) = relayed.time_to_first_event {
         metrics.time_to_first_token(model_key, &route.name, ttft.as_secs_f64());
+    }
+    if let (Some(note), true) = (&relayed.approval, audit.is_some()) {
+        decisions.push(format!("approval:{note}"));
     }
     if model != asked && audit.is_some() {
         decisions.push(format!("fallback:{}", route.name));
@@ -249,12 +353,37 @@ pub async fn run(
             decisions,
             ..audit_base(worker, req, &io.request_id, endpoint.as_str(), status, None)
         };
-        submit(log, record, req.body);
+        // Content per detail: `full` keeps what the client sent;
+        // `redacted` keeps what the model was sent, and only when a masking
+        // PII policy scanned it.
+        let detail = principal
+            .as_ref()
+            .and_then(|p| p.team.audit_detail)
+            .unwrap_or(log.settings.detail);
+        let masked = snapshot.guard.as_ref().is_some_and(|g| {
+            g.policy(
+                principal
+                    .as_ref()
+                    .and_then(|p| p.team.pii_policy.as_deref()),
+            )
+            .is_some_and(|p| {
+                matches!(
+                    p.action,
+                    crate::config::PiiAction::Mask | crate::config::PiiAction::Pseudonymize
+                )
+            })
+        });
+        let content = match detail {
+            crate::config::AuditDetail::Full => Some(req.body),
+            crate::config::AuditDetail::Redacted if masked => Some(&*body),
+            _ => None,
+        };
+        submit(log, record, content);
     }
     // account: usage per day, team, key and model, queued for the store.
     if let (Some(p), Some(store)) = (&principal, worker.shared.store.get()) {
-        let usage = relayed.usage.map_or((0, 0), |u| (u.input, u.output));
-        store.record_request(p, &route.name, usage);
+        let tokens = usage.map_or((0, 0), |u| (u.input, u.output));
+        store.record_request(p, &route.name, tokens, (cost, estimated));
     }
     relayed.outcome
 }
@@ -263,7 +392,7 @@ pub async fn run(
 /// and metrics.
 fn record_attempt(worker: &Worker, upstream: usize, outcome: &'static str, ttfb: Option<Duration>) {
     let snapshot = &worker.snapshot;
-    let state = worker.shared.upstreams.get(upstream);
+    let state = worker.upstreams.get(upstream);
     worker
         .metrics
         .upstream(upstream as u32, &snapshot.upstreams[upstream].name, outcome);
@@ -303,7 +432,8 @@ async fn refuse(
             outcome.status,
             Some(code),
         );
-        submit(log, record, req.body);
+        let full = log.settings.detail == crate::config::AuditDetail::Full;
+        submit(log, record, full.then_some(req.body));
     }
     let seconds = req.started.elapsed().as_secs_f64();
     worker
@@ -339,8 +469,8 @@ fn audit_base<'a>(
 }
 
 /// Adds the content `detail` asks for and hands the record to the writer.
-fn submit(log: &audit::AuditLog, mut record: audit::Record<'_>, body: &[u8]) {
-    if log.settings.detail == crate::config::AuditDetail::Full {
+fn submit(log: &audit::AuditLog, mut record: audit::Record<'_>, content: Option<&[u8]>) {
+    if let Some(body) = content {
         record.request = serde_json::from_slice(body).ok();
     }
     log.submit(record.to_line());

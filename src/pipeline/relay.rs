@@ -10,6 +10,7 @@ use crate::http::head::{is_hop_by_hop, ResponseHead};
 use crate::http::io::write_all_clear;
 use crate::http::server::{reply_error, ClientIo, Outcome, Request};
 use crate::http::{response, sse};
+use crate::pipeline::approve::{wait_for_decision, ApprovalRule, HeldAnswer, Verdict};
 use crate::pipeline::filter::AnswerFilters;
 use crate::runtime::worker::Worker;
 use crate::upstream::client::{self, BodyReader};
@@ -41,6 +42,9 @@ pub struct Relayed {
     pub upstream_outcome: &'static str,
     pub usage: Option<Usage>,
     pub time_to_first_event: Option<Duration>,
+    /// A reviewer's verdict on a held answer: `approved:<who>`,
+    /// `rejected:<who>` or `expired`.
+    pub approval: Option<String>,
     /// From writing the request to the upstream's response head.
     pub ttfb: Option<Duration>,
 }
@@ -54,6 +58,17 @@ pub struct Attempt<'a> {
     /// Sent as `x-sluice-model` when a fallback or experiment variant
     /// answers instead of the model asked for.
     pub served_model: Option<&'a str>,
+    /// Hold the complete answer for a reviewer (`[[approvals]]`).
+    pub hold: Option<Hold<'a>>,
+}
+
+/// A held answer's rule and what the reviewer is shown about it.
+#[derive(Clone, Copy)]
+pub struct Hold<'a> {
+    pub rule: &'a ApprovalRule,
+    pub team: &'a str,
+    pub key: &'a str,
+    pub model: &'a str,
 }
 
 pub enum Forwarded {
@@ -183,6 +198,8 @@ pub async fn forward(
         ttfb: sent_at.elapsed(),
         may_retry: attempt.may_retry,
         served_model: attempt.served_model,
+        hold: attempt.hold,
+        approval: Default::default(),
     };
     if head.event_stream {
         relay.stream_events(io, req, conn, head, filters).await
@@ -243,6 +260,7 @@ async fn fail_before_answer(
                 usage: None,
                 time_to_first_event: None,
                 ttfb: None,
+                approval: None,
             }
         }
         Failure::Upstream(e) => {
@@ -256,6 +274,7 @@ async fn fail_before_answer(
                 usage: None,
                 time_to_first_event: None,
                 ttfb: None,
+                approval: None,
             }
         }
     }
@@ -315,6 +334,8 @@ struct Relay<'a> {
     ttfb: Duration,
     may_retry: bool,
     served_model: Option<&'a str>,
+    hold: Option<Hold<'a>>,
+    approval: std::cell::Cell<Option<String>>,
 }
 
 impl Relay<'_> {
@@ -333,7 +354,35 @@ impl Relay<'_> {
             usage,
             time_to_first_event: ttft,
             ttfb: Some(self.ttfb),
+            approval: self.approval.take(),
         }
+    }
+
+    /// Waits for a reviewer when this answer is held; Ok when it may go.
+    async fn review(&self, request_id: &[u8], completion: &[u8]) -> Result<(), GatewayError> {
+        let Some(hold) = self.hold else { return Ok(()) };
+        let answer = HeldAnswer {
+            request_id: std::str::from_utf8(request_id).unwrap_or("-"),
+            team: hold.team,
+            key: hold.key,
+            model: hold.model,
+            completion,
+        };
+        let verdict = wait_for_decision(&self.worker.shared.approvals, hold.rule, &answer).await;
+        let (note, result) = match verdict {
+            Verdict::Release { by } => (format!("approved:{by}"), Ok(())),
+            Verdict::Reject { by } => (
+                format!("rejected:{by}"),
+                Err(GatewayError::RejectedByReviewer),
+            ),
+            Verdict::Expired => (
+                "expired".to_owned(),
+                Err(GatewayError::ApprovalTimeout(hold.rule.timeout.as_secs())),
+            ),
+        };
+        tracing::info!(request_id = answer.request_id, verdict = %note, "approval decided");
+        self.approval.set(Some(note));
+        result
     }
 
     /// The client left mid-stream; dropping the upstream connection (by
@@ -395,6 +444,18 @@ impl Relay<'_> {
         let usage = usage_of(&io.relay_buf);
         if is_success(head.status) && !filters.is_empty() {
             if let Err(e) = filters.body(&mut io.relay_buf) {
+                let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
+                return self.finished(
+                    outcome,
+                    outcome_label(head.status),
+                    usage,
+                    None,
+                    upstream_time,
+                );
+            }
+        }
+        if is_success(head.status) {
+            if let Err(e) = self.review(&io.request_id, &io.relay_buf).await {
                 let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
                 return self.finished(
                     outcome,
@@ -475,6 +536,10 @@ impl Relay<'_> {
         }
         pending_head.extend_from_slice(b"\r\n");
         let mut head_sent = false;
+        // A held stream is collected whole (head included) until a
+        // reviewer decides.
+        let mut held: Option<Vec<u8>> =
+            (self.hold.is_some() && is_success(head.status)).then(Vec::new);
         let mut reader = BodyReader::new(&head);
         let mut usage = None;
         let mut ttft = None;
@@ -497,6 +562,12 @@ impl Relay<'_> {
             };
             let more = match next {
                 Ok(more) => more,
+                Err(failure @ Failure::Upstream(_)) if held.is_some() => {
+                    // Nothing was sent yet: the client gets a plain error.
+                    let relayed =
+                        fail_before_answer(self.worker, io, req, failure, self.sent_at).await;
+                    return Forwarded::Answered(relayed);
+                }
                 Err(Failure::Upstream(e)) if head_sent => {
                     // Bytes already reached the client: end the stream with
                     // an error event rather than truncating it silently.
@@ -564,6 +635,16 @@ impl Relay<'_> {
             };
             match verdict {
                 Ok(()) => frame(&mut io.wbuf, if filtering { &filtered } else { events }),
+                Err(e) if held.is_some() => {
+                    let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
+                    return Forwarded::Answered(self.finished(
+                        outcome,
+                        "filtered",
+                        usage,
+                        ttft,
+                        self.sent_at.elapsed(),
+                    ));
+                }
                 Err(e) => {
                     // A filter refused the rest of the answer: what it let
                     // through goes out, then an error event ends the stream.
@@ -591,7 +672,9 @@ impl Relay<'_> {
                 ttft = Some(req.started.elapsed());
             }
             io.relay_buf.drain(..ready);
-            if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
+            if let Some(held) = held.as_mut() {
+                held.append(&mut io.wbuf);
+            } else if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
                 return Forwarded::Answered(self.client_left(usage, ttft));
             }
             if !more {
@@ -601,6 +684,22 @@ impl Relay<'_> {
         let upstream_time = self.sent_at.elapsed();
         if reader.reusable(&head, &conn) {
             self.worker.pools.release(self.upstream, conn);
+        }
+        if let Some(mut held) = held {
+            // The whole stream waited for a reviewer; it goes out at once.
+            if let Err(e) = self.review(&io.request_id, &held).await {
+                let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
+                return Forwarded::Answered(self.finished(
+                    outcome,
+                    outcome_label(head.status),
+                    usage,
+                    ttft,
+                    upstream_time,
+                ));
+            }
+            if write_all_clear(&mut io.stream, &mut held).await.is_err() {
+                return Forwarded::Answered(self.client_left(usage, ttft));
+            }
         }
         let outcome = Outcome {
             status: head.status,

@@ -7,6 +7,7 @@
 //! immutable snapshot and a few atomics.
 
 pub mod notify;
+pub mod reload;
 pub mod signals;
 pub mod worker;
 
@@ -45,15 +46,29 @@ pub enum RuntimeError {
     },
 }
 
+/// One configuration generation: the snapshot and the upstream state
+/// sized for its upstreams. Swapped whole by a reload.
+pub struct Generation {
+    pub number: u64,
+    pub snapshot: Arc<Snapshot>,
+    pub upstreams: Arc<crate::upstream::health::UpstreamStates>,
+}
+
 /// Process-wide state the workers share: read-mostly, atomics only.
 pub struct Shared {
-    pub snapshot: Arc<Snapshot>,
+    /// The current configuration generation, swapped by a reload
+    /// (`arc-swap`: readers never lock). Workers keep their own `Arc` and
+    /// only compare [`Shared::generation`] per request.
+    current: arc_swap::ArcSwap<Generation>,
+    /// Number of the current generation: one atomic load per request tells
+    /// a worker whether its cached snapshot is still current.
+    generation: std::sync::atomic::AtomicU64,
+    /// Serializes reloads and key-table rebuilds (admin and reload threads
+    /// only, never the request path).
+    reload_lock: std::sync::Mutex<()>,
     /// Every usable API key (static and admin-created), swapped whole by
     /// the admin API; the request path only loads it.
     pub keys: arc_swap::ArcSwap<KeyTable>,
-    /// Load, latency, health and breakers of every upstream, shared by all
-    /// workers (atomics only).
-    pub upstreams: Arc<crate::upstream::health::UpstreamStates>,
     /// The embedded store, once opened (usage records go there).
     pub store: std::sync::OnceLock<crate::store::Store>,
     /// Keys created through the admin API and not revoked; admin and
@@ -62,6 +77,14 @@ pub struct Shared {
     /// The audit log's writer handle, when `[audit]` is set (opened by
     /// `Gateway::start_shared`).
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    /// Answers held for a reviewer (`[[approvals]]`), shared with the
+    /// admin API.
+    pub approvals: crate::pipeline::approve::Approvals,
+    /// Agent session counters (`x-sluice-session`); kept across reloads.
+    pub sessions: crate::pipeline::agent::Sessions,
+    /// Authentication failures per client address (brute-force slowdown
+    /// and refusal); kept across reloads.
+    pub auth_throttle: crate::pipeline::throttle::AuthThrottle,
     draining: AtomicBool,
 }
 
@@ -70,20 +93,69 @@ impl Shared {
         let keys = KeyTable::build(&snapshot.access, &snapshot.access.static_keys);
         let upstreams = crate::upstream::health::UpstreamStates::new(snapshot.upstreams.len());
         Arc::new(Self {
-            snapshot,
+            current: arc_swap::ArcSwap::from_pointee(Generation {
+                number: 0,
+                snapshot,
+                upstreams,
+            }),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            reload_lock: std::sync::Mutex::new(()),
             keys: arc_swap::ArcSwap::from_pointee(keys),
-            upstreams,
             store: std::sync::OnceLock::new(),
             dynamic_keys: std::sync::Mutex::new(Vec::new()),
             audit: std::sync::OnceLock::new(),
+            approvals: Default::default(),
+            sessions: Default::default(),
+            auth_throttle: Default::default(),
             draining: AtomicBool::new(false),
         })
     }
 
-    /// Rebuilds the key table from the snapshot's static keys and the
-    /// admin-created ones, and swaps it in: every worker sees it on its
-    /// next request.
-    pub fn rebuild_keys(&self, snapshot: &Snapshot) {
+    /// The current snapshot (admin and reload; workers cache theirs).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load().snapshot.clone()
+    }
+
+    /// The current generation whole.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The current generation's number (one atomic load).
+    pub fn generation_number(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Swaps in a new generation; the caller holds `reload_lock`.
+    fn install(
+        &self,
+        snapshot: Arc<Snapshot>,
+        upstreams: Arc<crate::upstream::health::UpstreamStates>,
+    ) -> u64 {
+        let number = self.generation.load(Ordering::Relaxed) + 1;
+        self.current.store(Arc::new(Generation {
+            number,
+            snapshot,
+            upstreams,
+        }));
+        self.rebuild_keys_locked();
+        self.generation.store(number, Ordering::Release);
+        number
+    }
+
+    /// Rebuilds the key table from the current snapshot's static keys and
+    /// the admin-created ones, and swaps it in: every worker sees it on
+    /// its next request.
+    pub fn rebuild_keys(&self) {
+        let _reload = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.rebuild_keys_locked();
+    }
+
+    fn rebuild_keys_locked(&self) {
+        let snapshot = self.snapshot();
         let dynamic = self
             .dynamic_keys
             .lock()
@@ -171,7 +243,8 @@ impl Gateway {
     /// As [`Gateway::start`], with state prepared by the caller (store,
     /// admin-created keys).
     pub fn start_shared(shared: Arc<Shared>) -> Result<Self, RuntimeError> {
-        let snapshot = shared.snapshot.clone();
+        let generation = shared.generation();
+        let snapshot = generation.snapshot.clone();
         if let Some(settings) = &snapshot.audit {
             let log = crate::audit::AuditLog::open(settings.clone()).map_err(|e| {
                 RuntimeError::Audit {
@@ -183,7 +256,7 @@ impl Gateway {
         }
         crate::upstream::health::spawn_checker(
             snapshot.upstreams.clone(),
-            shared.upstreams.clone(),
+            generation.upstreams.clone(),
         )
         .map_err(|e| RuntimeError::Thread(e.to_string()))?;
         let cpus = allowed_cpus();
@@ -283,7 +356,7 @@ fn run_worker(
     ready: ReadyTx,
 ) {
     use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-    let io = shared.snapshot.server.io;
+    let io = shared.snapshot().server.io;
     let uring = || -> std::io::Result<_> {
         let mut flags = io_uring::IoUring::builder();
         flags
