@@ -150,6 +150,10 @@ fn bench_scanner(c: &mut Criterion) {
         s.findings(&scratch, text.as_bytes(), &mut hits, &mut out);
         assert!(out.is_empty(), "the prose has findings: {:?}", &out[..]);
         assert!(!hits.deny && hits.injection == 0, "the prose hits safety");
+        eprintln!(
+            "prose ({name}): {} raw candidates, none valid",
+            hits.candidates.len()
+        );
         g.bench_function(format!("prose_1MiB/{name}"), |b| {
             b.iter(|| {
                 s.findings(&scratch, black_box(text.as_bytes()), &mut hits, &mut out);
@@ -158,6 +162,10 @@ fn bench_scanner(c: &mut Criterion) {
         });
         s.findings(&scratch, dense_text.as_bytes(), &mut hits, &mut out);
         assert_eq!(out.len(), planted, "dense text: every planted value found");
+        eprintln!(
+            "dense ({name}): {} raw candidates, {planted} findings",
+            hits.candidates.len()
+        );
         g.bench_function(format!("dense_1MiB/{name}"), |b| {
             b.iter(|| {
                 s.findings(

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use sluice::config::{self, snapshot::Snapshot};
 use sluice::mock::MockDefaults;
+use sluice::runtime::reload::Reloader;
 use sluice::runtime::{signals, Gateway};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -208,7 +209,7 @@ fn serve(file: &std::path::Path) -> Result<(), String> {
     let cfg = config::parse_str(&source, base).map_err(|e| format!("{}: {e}", file.display()))?;
     let snapshot =
         Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", file.display()))?;
-    run_gateway(snapshot, &cfg)
+    run_gateway(snapshot, &cfg, Some(file))
 }
 
 /// The embedded default: one model and one embedding model on an
@@ -279,7 +280,7 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     println!("    -d '{{\"model\":\"llama-3.1-8b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
     println!("  curl -s http://{listen}/v1/models -H 'authorization: Bearer {DEMO_KEY}'");
     println!("SDKs: OPENAI_BASE_URL=http://{listen}/v1 OPENAI_API_KEY={DEMO_KEY}; the key is never sent upstream.");
-    run_gateway(snapshot, &demo_cfg)
+    run_gateway(snapshot, &demo_cfg, None)
 }
 
 /// Opens the store (admin-created keys come back from it) and starts the
@@ -287,6 +288,7 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
 fn start_store_and_admin(
     shared: &Arc<sluice::runtime::Shared>,
     cfg: &config::Config,
+    reloader: Option<&Arc<Reloader>>,
 ) -> Result<(), String> {
     if cfg.admin.is_none() && cfg.store.is_none() {
         return Ok(());
@@ -299,7 +301,9 @@ fn start_store_and_admin(
         .dynamic_keys
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
-    shared.rebuild_keys(&shared.snapshot);
+    shared.rebuild_keys();
+    // Budgets resume this period's spend (docs/cost.md).
+    sluice::pipeline::account::restore(&shared.snapshot().access, &store);
     let _ = shared.store.set(store.clone());
     if let Some(admin) = &cfg.admin {
         let addr: SocketAddr = admin
@@ -313,7 +317,11 @@ fn start_store_and_admin(
                 admin.token_env
             ));
         }
-        let bound = sluice::admin::Admin::new(shared.clone(), store, token, None)
+        let reload = reloader.map(|r| {
+            let r = r.clone();
+            Arc::new(move || r.reload()) as sluice::admin::ReloadFn
+        });
+        let bound = sluice::admin::Admin::new(shared.clone(), store, token, reload)
             .serve(addr)
             .map_err(|e| format!("admin listener on {addr}: {e}"))?;
         tracing::info!(%bound, "admin API listening");
@@ -321,7 +329,11 @@ fn start_store_and_admin(
     Ok(())
 }
 
-fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
+fn run_gateway(
+    snapshot: Snapshot,
+    cfg: &config::Config,
+    file: Option<&std::path::Path>,
+) -> Result<(), String> {
     signals::block_shutdown_signals();
     let fd_limit = sluice::runtime::raise_fd_limit();
     let snapshot = Arc::new(snapshot);
@@ -333,7 +345,8 @@ fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
         sluice::metrics::install();
     }
     let shared = sluice::runtime::Shared::new(snapshot.clone());
-    start_store_and_admin(&shared, cfg)?;
+    let reloader = file.map(|f| Arc::new(Reloader::new(shared.clone(), f.to_path_buf(), cfg)));
+    start_store_and_admin(&shared, cfg, reloader.as_ref())?;
     let mut gateway = Gateway::start_shared(shared).map_err(|e| e.to_string())?;
     tracing::info!(
         listen = %snapshot.server.listen,
@@ -354,7 +367,13 @@ fn run_gateway(snapshot: Snapshot, cfg: &config::Config) -> Result<(), String> {
         )),
     );
     start_watchdog(&notifier, &gateway);
-    let signal = signals::wait_for_shutdown_signal();
+    let signal = signals::wait_for_shutdown_signal_or_reload(|| match &reloader {
+        // The outcome is logged and counted by the reloader.
+        Some(r) => {
+            let _ = r.reload();
+        }
+        None => tracing::warn!("SIGHUP: no configuration file to reload (demo)"),
+    });
     tracing::info!(
         signal,
         drain_timeout_ms = snapshot.server.drain_timeout.as_millis() as u64,

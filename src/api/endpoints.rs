@@ -47,7 +47,7 @@ pub async fn handle(worker: &Rc<Worker>, io: &mut ClientIo, req: &Request<'_>) -
         b"/ready" if worker.is_draining() => (503, br#"{"status":"draining"}"#),
         b"/ready" => (200, br#"{"status":"ready"}"#),
         // Only the models the caller may use.
-        _ => match crate::pipeline::auth::check(worker, req) {
+        _ => match crate::pipeline::auth::check(worker, req).await {
             Ok(None) => (200, &worker.snapshot.models_json),
             Ok(Some(principal)) => {
                 return local_json(io, req, 200, &principal.team.models_json).await

@@ -32,6 +32,24 @@ struct View<'a> {
     stream: Option<bool>,
     #[serde(borrow, default)]
     user: Option<&'a str>,
+    #[serde(borrow, default)]
+    tools: Option<Vec<ToolView<'a>>>,
+    #[serde(borrow, default)]
+    functions: Option<Vec<NameView<'a>>>,
+}
+
+/// `tools[]`: `{"type":"function","function":{"name":...}}`.
+#[derive(Deserialize)]
+struct ToolView<'a> {
+    #[serde(borrow, default)]
+    function: Option<NameView<'a>>,
+}
+
+/// Anything with a `name` (`tools[].function`, legacy `functions[]`).
+#[derive(Deserialize)]
+struct NameView<'a> {
+    #[serde(borrow, default)]
+    name: Option<&'a str>,
 }
 
 /// What the pipeline needs to know of a request body.
@@ -42,6 +60,9 @@ pub struct RequestFacts {
     pub stream: bool,
     /// A stable hash of the body's `user`, for sticky experiments.
     pub user: Option<u64>,
+    /// Names of the tools the request offers (`tools[].function.name`,
+    /// legacy `functions[].name`); empty (no allocation) without tools.
+    pub tools: Vec<Box<str>>,
 }
 
 /// Reused parse buffers of one worker.
@@ -74,6 +95,14 @@ impl ParseScratch {
             model,
             stream: view.stream.unwrap_or(false),
             user: view.user.map(|u| stable_hash(u.as_bytes())),
+            tools: view
+                .tools
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.function?.name)
+                .chain(view.functions.into_iter().flatten().filter_map(|f| f.name))
+                .map(Box::from)
+                .collect(),
         })
     }
 }
@@ -112,6 +141,17 @@ mod tests {
         assert_eq!(f.model, ModelRef::Model(7));
         assert!(f.stream);
         assert_eq!(f.user, Some(stable_hash(b"u1")));
+        assert!(f.tools.is_empty());
+    }
+
+    #[test]
+    fn reads_tool_names() {
+        let f = facts(
+            br#"{"model":"m1","tools":[{"type":"function","function":{"name":"search_kb","parameters":{"type":"object","properties":{"q":{"type":"string"}}}}},{"type":"function","function":{"name":"delete_\u0075ser"}}],"functions":[{"name":"old_fn","parameters":{}}]}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = f.tools.iter().map(|t| &**t).collect();
+        assert_eq!(names, ["search_kb", "delete_user", "old_fn"]);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Request<'a> {
     pub started: Instant,
     /// Whether the connection may stay open after this request.
     pub keep_alive: bool,
+    /// The client's address (the TCP peer).
+    pub peer: std::net::IpAddr,
 }
 
 impl Request<'_> {
@@ -66,7 +68,7 @@ enum HeadRead {
     Failed(GatewayError),
 }
 
-pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
+pub async fn serve_connection(mut worker: Rc<Worker>, stream: TcpStream, peer: std::net::IpAddr) {
     crate::metrics::connection_opened();
     let mut io = ClientIo {
         stream,
@@ -93,6 +95,9 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
             }
         };
         first = false;
+        // A reload since the last request: serve this one with the new
+        // configuration (the connection stays).
+        worker = worker.current();
         let started = Instant::now();
         set_request_id(&worker, &head, &rbuf, &mut io.request_id);
         let body = read_body(&worker, &mut io, &head, &mut rbuf, &mut chunked_body).await;
@@ -118,6 +123,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream) {
             body,
             started,
             keep_alive: head.keep_alive && !worker.is_draining(),
+            peer,
         };
         let outcome = {
             let _inflight = worker.begin_request();
@@ -290,12 +296,8 @@ pub async fn reply_error(
     }
     let body = err.body();
     let keep_alive = keep_alive && !worker.is_draining();
-    let allow;
-    let mut extra: Vec<(&[u8], &[u8])> = Vec::new();
-    if let GatewayError::MethodNotAllowed { allow: a, .. } = err {
-        allow = *a;
-        extra.push((b"allow", allow.as_bytes()));
-    }
+    let headers = err.headers();
+    let extra: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
     io.wbuf.clear();
     response::json(
         &mut io.wbuf,

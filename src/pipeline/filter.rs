@@ -47,7 +47,11 @@ impl AnswerFilters {
     /// Flushes each filter in order, passing what one releases through the
     /// filters after it.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        for i in 0..self.filters.len() {
+        self.finish_from(0, out)
+    }
+
+    fn finish_from(&mut self, from: usize, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        for i in from..self.filters.len() {
             let mut released = Vec::new();
             self.filters[i].finish(&mut released)?;
             self.pipe(i + 1, &released, out)?;
@@ -57,17 +61,26 @@ impl AnswerFilters {
 
     /// Runs `input` through the filters from `from` on.
     fn pipe(&mut self, from: usize, input: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let Some((last, middle)) = self.filters[from..].split_last_mut() else {
+        let n = self.filters.len();
+        if from >= n {
             out.extend_from_slice(input);
             return Ok(());
-        };
-        let mut current = input.to_vec();
-        for filter in middle {
-            self.scratch.clear();
-            filter.events(&current, &mut self.scratch)?;
-            std::mem::swap(&mut current, &mut self.scratch);
         }
-        last.events(&current, out)
+        let mut current = input.to_vec();
+        for i in from..n - 1 {
+            self.scratch.clear();
+            let verdict = self.filters[i].events(&current, &mut self.scratch);
+            std::mem::swap(&mut current, &mut self.scratch);
+            if let Err(e) = verdict {
+                // What the refusing filter let through still passes the
+                // filters after it before the stream ends.
+                let _ = self
+                    .pipe(i + 1, &current, out)
+                    .and_then(|()| self.finish_from(i + 1, out));
+                return Err(e);
+            }
+        }
+        self.filters[n - 1].events(&current, out)
     }
 }
 
@@ -110,6 +123,38 @@ mod tests {
         let mut body = b"x".to_vec();
         filters.body(&mut body).unwrap();
         assert_eq!(body, b"X");
+    }
+
+    /// Lets everything before a `!` through, then refuses.
+    struct Bang;
+
+    impl AnswerFilter for Bang {
+        fn body(&mut self, _: &mut Vec<u8>) -> Result<(), GatewayError> {
+            Ok(())
+        }
+        fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
+            match events.iter().position(|&b| b == b'!') {
+                Some(i) => {
+                    out.extend_from_slice(&events[..i]);
+                    Err(GatewayError::ToolNotAllowed("x".into()))
+                }
+                None => {
+                    out.extend_from_slice(events);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusing_filter_in_the_middle_still_releases() {
+        let mut filters = AnswerFilters::default();
+        filters.push(Box::new(Bang));
+        filters.push(Box::new(Upper(None)));
+        let mut out = Vec::new();
+        assert!(filters.events(b"ab!cd", &mut out).is_err());
+        // What Bang let through passed Upper, which was flushed.
+        assert_eq!(out, b"AB");
     }
 
     #[test]

@@ -43,6 +43,9 @@ const MIGRATIONS: &[&str] = &[
         output_tokens INTEGER NOT NULL,
         PRIMARY KEY (day, team, key, model)
     );",
+    // 2: cost (nano-units of [billing].currency) and estimated requests.
+    "ALTER TABLE usage ADD COLUMN cost_nanos INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One finished request, as the pipeline reports it.
@@ -55,7 +58,14 @@ pub struct UsageRecord {
     pub model: Box<str>,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Nano-units (1e-9) of `[billing].currency`.
+    pub cost_nanos: u64,
+    /// The tokens were estimated (the upstream reported no usage).
+    pub estimated: bool,
 }
+
+/// Spend per day, team and key: `(day, team, key, cost nano-units)`.
+pub type SpendRow = (i64, String, String, u64);
 
 /// A key row as the admin API lists it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,6 +104,10 @@ pub struct UsageRow {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// In `[billing].currency`.
+    pub cost: f64,
+    /// Requests whose tokens were estimated.
+    pub estimated: u64,
 }
 
 type Reply<T> = SyncSender<Result<T, String>>;
@@ -105,6 +119,7 @@ enum Op {
     Keys(Reply<Vec<KeyRow>>),
     Report(UsageQuery, Reply<Vec<UsageRow>>),
     Flush(Reply<()>),
+    Spend(i64, Reply<Vec<SpendRow>>),
 }
 
 /// The handle: cheap to clone, usable from any thread.
@@ -155,6 +170,7 @@ impl Store {
         principal: &crate::pipeline::auth::Principal,
         model: &str,
         (input_tokens, output_tokens): (u64, u64),
+        (cost_nanos, estimated): (u64, bool),
     ) -> bool {
         self.record(UsageRecord {
             day: crate::pipeline::auth::unix_now().div_euclid(86_400),
@@ -163,7 +179,15 @@ impl Store {
             model: model.into(),
             input_tokens,
             output_tokens,
+            cost_nanos,
+            estimated,
         })
+    }
+
+    /// Spend per day, team and key from `from_day` (days since 1970) on,
+    /// pending records included.
+    pub fn spend_since(&self, from_day: i64) -> Result<Vec<SpendRow>, String> {
+        self.call(|r| Op::Spend(from_day, r))
     }
 
     fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, String> {
@@ -238,9 +262,36 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 type UsageKey = (i64, Arc<str>, Arc<str>, Box<str>);
+/// requests, input tokens, output tokens, cost nano-units, estimated requests.
+type Sums = (u64, u64, u64, u64, u64);
+
+fn spend(conn: &Connection, from_day: i64) -> rusqlite::Result<Vec<SpendRow>> {
+    let mut st = conn.prepare(
+        "SELECT day, team, key, SUM(cost_nanos) FROM usage WHERE day >= ?1 GROUP BY day, team, key",
+    )?;
+    let rows = st.query_map(params![day_text(from_day)], |r| {
+        let day: String = r.get(0)?;
+        Ok((
+            day,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (day, team, key, cost) = row?;
+        let parse = |a: usize, b: usize| day.get(a..b).and_then(|x| x.parse::<i64>().ok());
+        if let (Some(y), Some(m), Some(d)) = (parse(0, 4), parse(5, 7), parse(8, 10)) {
+            let day = crate::pipeline::auth::days_from_civil(y, m, d);
+            out.push((day, team, key, cost.max(0) as u64));
+        }
+    }
+    Ok(out)
+}
 
 fn run(conn: Connection, rx: Receiver<Op>) {
-    let mut pending: HashMap<UsageKey, (u64, u64, u64)> = HashMap::new();
+    let mut pending: HashMap<UsageKey, Sums> = HashMap::new();
     let mut last_flush = Instant::now();
     loop {
         let op = rx.recv_timeout(FLUSH_EVERY);
@@ -250,6 +301,8 @@ fn run(conn: Connection, rx: Receiver<Op>) {
                 e.0 += 1;
                 e.1 += r.input_tokens;
                 e.2 += r.output_tokens;
+                e.3 += r.cost_nanos;
+                e.4 += u64::from(r.estimated);
             }
             Ok(Op::PutKey(k, created, reply)) => {
                 let res = conn
@@ -290,6 +343,11 @@ fn run(conn: Connection, rx: Receiver<Op>) {
                 last_flush = Instant::now();
                 let _ = reply.send(report(&conn, &q).map_err(|e| e.to_string()));
             }
+            Ok(Op::Spend(from, reply)) => {
+                flush(&conn, &mut pending);
+                last_flush = Instant::now();
+                let _ = reply.send(spend(&conn, from).map_err(|e| e.to_string()));
+            }
             Ok(Op::Flush(reply)) => {
                 flush(&conn, &mut pending);
                 last_flush = Instant::now();
@@ -313,7 +371,7 @@ fn day_text(day: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn flush(conn: &Connection, pending: &mut HashMap<UsageKey, (u64, u64, u64)>) {
+fn flush(conn: &Connection, pending: &mut HashMap<UsageKey, Sums>) {
     if pending.is_empty() {
         return;
     }
@@ -321,14 +379,16 @@ fn flush(conn: &Connection, pending: &mut HashMap<UsageKey, (u64, u64, u64)>) {
         let tx = conn.unchecked_transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO usage (day, team, key, model, requests, input_tokens, output_tokens)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO usage (day, team, key, model, requests, input_tokens, output_tokens, cost_nanos, estimated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (day, team, key, model) DO UPDATE SET
                    requests = requests + excluded.requests,
                    input_tokens = input_tokens + excluded.input_tokens,
-                   output_tokens = output_tokens + excluded.output_tokens",
+                   output_tokens = output_tokens + excluded.output_tokens,
+                   cost_nanos = cost_nanos + excluded.cost_nanos,
+                   estimated = estimated + excluded.estimated",
             )?;
-            for ((day, team, key, model), (n, i, o)) in pending.iter() {
+            for ((day, team, key, model), (n, i, o, c, e)) in pending.iter() {
                 st.execute(params![
                     day_text(*day),
                     &**team,
@@ -336,7 +396,9 @@ fn flush(conn: &Connection, pending: &mut HashMap<UsageKey, (u64, u64, u64)>) {
                     &**model,
                     *n as i64,
                     *i as i64,
-                    *o as i64
+                    *o as i64,
+                    *c as i64,
+                    *e as i64
                 ])?;
             }
         }
@@ -378,7 +440,7 @@ fn report(conn: &Connection, q: &UsageQuery) -> rusqlite::Result<Vec<UsageRow>> 
         sql.push_str(g);
         sql.push_str(", ");
     }
-    sql.push_str("SUM(requests), SUM(input_tokens), SUM(output_tokens) FROM usage WHERE 1=1");
+    sql.push_str("SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cost_nanos), SUM(estimated) FROM usage WHERE 1=1");
     let mut args: Vec<String> = Vec::new();
     for (col, op, v) in [
         ("team", "=", &q.team),
@@ -409,6 +471,8 @@ fn report(conn: &Connection, q: &UsageQuery) -> rusqlite::Result<Vec<UsageRow>> 
                 requests: r.get::<_, Option<i64>>(n)?.unwrap_or(0) as u64,
                 input_tokens: r.get::<_, Option<i64>>(n + 1)?.unwrap_or(0) as u64,
                 output_tokens: r.get::<_, Option<i64>>(n + 2)?.unwrap_or(0) as u64,
+                cost: r.get::<_, Option<i64>>(n + 3)?.unwrap_or(0) as f64 / 1e9,
+                estimated: r.get::<_, Option<i64>>(n + 4)?.unwrap_or(0) as u64,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

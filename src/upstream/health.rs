@@ -180,6 +180,9 @@ impl UpstreamState {
 /// The shared state of all upstreams, indexed like the snapshot's.
 pub struct UpstreamStates {
     states: Box<[UpstreamState]>,
+    /// Set when a reload replaced this upstream list: its health thread
+    /// stops.
+    retired: AtomicBool,
 }
 
 impl UpstreamStates {
@@ -187,7 +190,22 @@ impl UpstreamStates {
         let origin = Instant::now();
         Arc::new(Self {
             states: (0..count).map(|_| UpstreamState::new(origin)).collect(),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// A reload replaced this list: stop checking it.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn get(&self, index: usize) -> &UpstreamState {
@@ -213,6 +231,9 @@ pub fn spawn_checker(specs: Vec<UpstreamSpec>, states: Arc<UpstreamStates>) -> s
         .spawn(move || {
             let mut due: Vec<Instant> = specs.iter().map(|_| Instant::now()).collect();
             loop {
+                if states.retired.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 let now = Instant::now();
                 for (i, spec) in specs.iter().enumerate() {
                     if due[i] > now {

@@ -1,0 +1,812 @@
+//! Accounting and budgets: tokens and cost per request, budgets per team
+//! and key for calendar periods (UTC day, ISO week, month), reserved before
+//! the call and settled on the real usage, alert thresholds.
+//!
+//! Money is counted in nano-units of `[billing].currency` (1e-9) in `u64`
+//! atomics. A budget's `committed` word is settled spend plus outstanding
+//! reservations; a request reserves its worst case (prompt estimate +
+//! `max_tokens`, or [`DEFAULT_OUTPUT_CAP`], at the highest price among the
+//! models it may be served by) with one compare-and-swap that fails when
+//! the budget would be exceeded, so concurrent requests can never together
+//! commit more than the budget. When the request ends the reservation is
+//! replaced by the real cost. See docs/cost.md.
+
+use super::auth::Principal;
+use super::filter::AnswerFilter;
+use super::limits::{Meter, Refusal, Remaining};
+use crate::api::GatewayError;
+use crate::config::{Period, Price};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Output tokens reserved when a request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_CAP: u64 = 4096;
+/// Nano-units per currency unit.
+pub const NANOS: f64 = 1e9;
+
+/// Cost settings of a snapshot: prices per model (by index), currency,
+/// where alerts go.
+#[derive(Debug, Default)]
+pub struct Billing {
+    pub currency: Box<str>,
+    /// Per model index: (input, output) nano-units per token.
+    pub prices: Vec<Option<(f64, f64)>>,
+    pub webhook: Option<Box<str>>,
+}
+
+impl Billing {
+    pub fn new(
+        currency: &str,
+        prices: impl Iterator<Item = Option<Price>>,
+        webhook: Option<&str>,
+    ) -> Self {
+        Billing {
+            currency: currency.into(),
+            prices: prices
+                .map(|p| p.map(|p| (p.input_per_mtok * 1e3, p.output_per_mtok * 1e3)))
+                .collect(),
+            webhook: webhook.map(Into::into),
+        }
+    }
+
+    /// Whether any model has a price.
+    pub fn has_prices(&self) -> bool {
+        self.prices.iter().any(Option::is_some)
+    }
+
+    /// Cost in nano-units of `input` + `output` tokens of model `m`.
+    pub fn cost(&self, m: usize, input: u64, output: u64) -> u64 {
+        match self.prices.get(m).copied().flatten() {
+            Some((pi, po)) => (input as f64 * pi + output as f64 * po).ceil() as u64,
+            None => 0,
+        }
+    }
+}
+
+/// A team's or key's budget for the current period.
+#[derive(Debug)]
+pub struct Budget {
+    /// Nano-units per period.
+    pub amount: u64,
+    pub period: Period,
+    pub alert_at: Box<[f64]>,
+    period_id: AtomicI64,
+    /// Settled spend + outstanding reservations.
+    committed: AtomicU64,
+    /// Settled spend of the current period.
+    spent: AtomicU64,
+    /// Bit i: `alert_at[i]` fired this period.
+    fired: AtomicU32,
+}
+
+impl Budget {
+    pub fn new(b: &crate::config::Budget, alert_at: &[f64]) -> Self {
+        Budget {
+            amount: (b.amount * NANOS).round() as u64,
+            period: b.period,
+            alert_at: alert_at.into(),
+            period_id: AtomicI64::new(period_id(b.period, unix_day())),
+            committed: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+            fired: AtomicU32::new(0),
+        }
+    }
+
+    /// Starts a new period when `day` is past the current one.
+    fn roll(&self, day: i64) {
+        let id = period_id(self.period, day);
+        let current = self.period_id.load(Relaxed);
+        if id > current
+            && self
+                .period_id
+                .compare_exchange(current, id, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let old = self.spent.swap(0, Relaxed);
+            sub(&self.committed, old);
+            self.fired.store(0, Relaxed);
+        }
+    }
+
+    /// Reserves `need` nano-units, or fails when the budget cannot hold it.
+    pub fn reserve(&self, day: i64, need: u64) -> bool {
+        self.roll(day);
+        self.committed
+            .fetch_update(Relaxed, Relaxed, |c| {
+                c.checked_add(need).filter(|&n| n <= self.amount)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a reservation unused.
+    pub fn release(&self, reserved: u64) {
+        sub(&self.committed, reserved);
+    }
+
+    /// Replaces a reservation by the real cost; returns the spend ratio.
+    pub fn settle(&self, day: i64, reserved: u64, cost: u64) -> f64 {
+        self.roll(day);
+        sub(&self.committed, reserved);
+        self.committed.fetch_add(cost, Relaxed);
+        let spent = self.spent.fetch_add(cost, Relaxed) + cost;
+        self.ratio_of(spent)
+    }
+
+    /// Spend restored from the store at start.
+    pub fn restore(&self, spent: u64) {
+        self.spent.fetch_add(spent, Relaxed);
+        self.committed.fetch_add(spent, Relaxed);
+    }
+
+    fn ratio_of(&self, spent: u64) -> f64 {
+        if self.amount == 0 {
+            1.0
+        } else {
+            spent as f64 / self.amount as f64
+        }
+    }
+
+    /// Settled spend of the current period, in nano-units.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Relaxed)
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.ratio_of(self.spent())
+    }
+
+    /// The thresholds crossed at `ratio` that had not fired yet this
+    /// period (each is returned once per period).
+    fn newly_crossed(&self, ratio: f64) -> Vec<f64> {
+        let mut out = Vec::new();
+        for (i, &t) in self.alert_at.iter().enumerate().take(32) {
+            if ratio + 1e-12 >= t {
+                let bit = 1u32 << i;
+                if self.fired.fetch_or(bit, Relaxed) & bit == 0 {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// First day (days since 1970-01-01) of the period containing `day`.
+    pub fn period_start(&self, day: i64) -> i64 {
+        period_start(self.period, day)
+    }
+}
+
+fn sub(word: &AtomicU64, amount: u64) {
+    let _ = word.fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(amount)));
+}
+
+/// Days since 1970-01-01, UTC.
+pub fn unix_day() -> i64 {
+    super::auth::unix_now().div_euclid(86_400)
+}
+
+/// A number that grows by one with each period.
+pub fn period_id(period: Period, day: i64) -> i64 {
+    match period {
+        Period::Day => day,
+        // 1970-01-01 was a Thursday; weeks start on Monday (ISO).
+        Period::Week => (day + 3).div_euclid(7),
+        Period::Month => {
+            let (y, m, _) = super::auth::civil_from_days(day);
+            y * 12 + m - 1
+        }
+    }
+}
+
+pub fn period_start(period: Period, day: i64) -> i64 {
+    match period {
+        Period::Day => day,
+        Period::Week => day - (day + 3).rem_euclid(7),
+        Period::Month => {
+            let (y, m, _) = super::auth::civil_from_days(day);
+            super::auth::days_from_civil(y, m, 1)
+        }
+    }
+}
+
+fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::Day => "day",
+        Period::Week => "week",
+        Period::Month => "month",
+    }
+}
+
+/// The cost controls of one team or key: rate limits and budget.
+/// Registered process-wide by scope and name, so that a configuration
+/// reload or a rebuilt key table keeps the counters: the same `Arc` is
+/// handed out again while the limits are unchanged; changed limits get new
+/// counters that carry over the period's settled spend and fired alerts.
+#[derive(Debug)]
+pub struct Controls {
+    /// `team` or `key`.
+    pub scope: &'static str,
+    /// The team name or key id.
+    pub name: Arc<str>,
+    pub team: Arc<str>,
+    pub limits: Option<Meter>,
+    pub budget: Option<Budget>,
+}
+
+type Registry =
+    std::sync::Mutex<std::collections::HashMap<(&'static str, Box<str>), Arc<Controls>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+impl Controls {
+    pub fn team(t: &crate::config::TeamConfig) -> Option<Arc<Self>> {
+        Self::get(
+            "team",
+            &t.name,
+            &t.name,
+            (t.rpm, t.tpm, t.max_concurrent),
+            t.budget.as_ref(),
+            &t.alert_at,
+        )
+    }
+
+    /// The registered controls of `scope`/`name`, or new ones when there
+    /// are none or their limits changed; None when nothing is limited.
+    /// Admin and load time only (takes a lock).
+    pub fn get(
+        scope: &'static str,
+        name: &str,
+        team: &str,
+        (rpm, tpm, max_concurrent): (Option<u32>, Option<u64>, Option<u32>),
+        budget: Option<&crate::config::Budget>,
+        alert_at: &[f64],
+    ) -> Option<Arc<Self>> {
+        let limits = Meter::new(rpm, tpm, max_concurrent);
+        let budget = budget.map(|b| Budget::new(b, alert_at));
+        if limits.is_none() && budget.is_none() {
+            return None;
+        }
+        let mut map = registry()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = (scope, Box::from(name));
+        if let Some(old) = map.get(&slot) {
+            let same_limits = match (&old.limits, &limits) {
+                (Some(a), Some(b)) => {
+                    (a.rpm, a.tpm, a.max_concurrent) == (b.rpm, b.tpm, b.max_concurrent)
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            let same_budget = match (&old.budget, &budget) {
+                (Some(a), Some(b)) => {
+                    (a.amount, a.period, &a.alert_at) == (b.amount, b.period, &b.alert_at)
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if same_limits && same_budget && *old.team == *team {
+                return Some(old.clone());
+            }
+            if let (Some(a), Some(b)) = (&old.budget, &budget) {
+                if a.period == b.period {
+                    b.restore(a.spent());
+                    b.fired.store(a.fired.load(Relaxed), Relaxed);
+                }
+            }
+        }
+        let controls = Arc::new(Controls {
+            scope,
+            name: name.into(),
+            team: team.into(),
+            limits,
+            budget,
+        });
+        map.insert(slot, controls.clone());
+        Some(controls)
+    }
+
+    /// Every registered key's controls (for restoring spend).
+    fn registered() -> Vec<Arc<Controls>> {
+        registry()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A request's hold on its principal's limits and budgets, from the limits
+/// step until it is settled. Dropping it unsettled gives everything back
+/// (the request was refused or failed before an answer).
+pub struct Admission<'a> {
+    held: Vec<&'a Controls>,
+    taken_ms: u64,
+    tokens: u64,
+    reserved: u64,
+    day: i64,
+    settled: bool,
+    pub remaining: Remaining,
+}
+
+/// What a request may cost at most: its token estimate and its worst-case
+/// cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Worst {
+    /// Prompt estimate + `max_tokens` (for tokens per minute).
+    pub tokens: u64,
+    /// Prompt estimate + `max_tokens` or the default cap, at the highest
+    /// price of the models that may answer.
+    pub cost: u64,
+    /// Output tokens reserved (`max_tokens` or the default cap).
+    pub output: u64,
+}
+
+/// Estimated prompt tokens of a request body: generous (a token per 3
+/// bytes of JSON, plus a little) so that the reservation is a worst case.
+pub fn prompt_estimate(body: &[u8]) -> u64 {
+    body.len() as u64 / 3 + 8
+}
+
+/// Prompt tokens charged when the upstream reports no usage: one per 4
+/// bytes of the request body as forwarded (the usual English average).
+pub fn estimated_prompt_tokens(body: &[u8]) -> u64 {
+    (body.len() as u64).div_ceil(4)
+}
+
+/// `max_completion_tokens` or `max_tokens` of a request body.
+pub fn max_tokens(body: &[u8]) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| {
+            let r = crate::api::json::member_range(body, k)?;
+            std::str::from_utf8(&body[r]).ok()?.trim().parse().ok()
+        })
+}
+
+pub fn worst(billing: &Billing, body: &[u8], models: impl Iterator<Item = usize>) -> Worst {
+    let prompt = prompt_estimate(body);
+    let max = max_tokens(body);
+    let output = max.unwrap_or(DEFAULT_OUTPUT_CAP);
+    let cost = models
+        .map(|m| billing.cost(m, prompt, output))
+        .max()
+        .unwrap_or(0);
+    Worst {
+        tokens: prompt + max.unwrap_or(0),
+        cost,
+        output,
+    }
+}
+
+/// The limits step: takes the rate limits and reserves the budgets of the
+/// principal's team and key, all or nothing.
+pub fn admit<'a>(principal: &'a Principal, worst: Worst) -> Result<Admission<'a>, GatewayError> {
+    let mut held: Vec<&'a Controls> = Vec::with_capacity(2);
+    held.extend(principal.team.controls.as_deref());
+    held.extend(principal.key.as_ref().and_then(|k| k.controls.as_deref()));
+    let mut admission = Admission {
+        held: Vec::with_capacity(held.len()),
+        taken_ms: super::limits::now_ms(),
+        tokens: worst.tokens,
+        reserved: worst.cost,
+        day: unix_day(),
+        settled: false,
+        remaining: Remaining::default(),
+    };
+    if held.is_empty() {
+        return Ok(admission);
+    }
+    for c in held {
+        if let Some(meter) = &c.limits {
+            match meter.take(admission.taken_ms, admission.tokens) {
+                Ok(r) => {
+                    admission.remaining.requests =
+                        min_opt(admission.remaining.requests, r.requests);
+                    admission.remaining.tokens = min_opt(admission.remaining.tokens, r.tokens);
+                }
+                Err(refusal) => {
+                    crate::metrics::limit_refused(c.scope, refusal.limit);
+                    // Dropping `admission` gives back what earlier ones took.
+                    return Err(rate_limited(c, refusal));
+                }
+            }
+        }
+        if let Some(budget) = &c.budget {
+            if !budget.reserve(admission.day, admission.reserved) {
+                if let Some(meter) = &c.limits {
+                    meter.untake(admission.taken_ms, admission.tokens);
+                }
+                crate::metrics::limit_refused(c.scope, "budget");
+                return Err(GatewayError::InsufficientQuota(format!(
+                    "The {} {:?} has used its {} budget.",
+                    c.scope,
+                    &*c.name,
+                    period_name(budget.period)
+                )));
+            }
+        }
+        admission.held.push(c);
+    }
+    Ok(admission)
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn rate_limited(c: &Controls, r: Refusal) -> GatewayError {
+    let what = match r.limit {
+        "requests" => "requests per minute",
+        "tokens" => "tokens per minute",
+        _ => "concurrent requests",
+    };
+    GatewayError::RateLimited {
+        message: format!(
+            "Rate limit reached for the {} {:?}: {what}. Retry after {} s.",
+            c.scope, &*c.name, r.retry_after
+        ),
+        retry_after: r.retry_after,
+        remaining_requests: r.remaining_requests,
+        remaining_tokens: r.remaining_tokens,
+    }
+}
+
+impl Admission<'_> {
+    /// Whether anything is held (the request has limits or budgets).
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Whether a budget was reserved.
+    pub fn has_budget(&self) -> bool {
+        self.held.iter().any(|c| c.budget.is_some())
+    }
+
+    /// Settles on the real usage: frees concurrency slots, corrects token
+    /// windows, replaces reservations by `cost`, fires alert thresholds.
+    pub fn settle(mut self, billing: &Billing, tokens: u64, cost: u64) {
+        self.settled = true;
+        for c in &self.held {
+            if let Some(meter) = &c.limits {
+                meter.finish(self.taken_ms, self.tokens, tokens);
+            }
+            if let Some(budget) = &c.budget {
+                let ratio = budget.settle(self.day, self.reserved, cost);
+                if c.scope == "team" {
+                    crate::metrics::budget_used_ratio(&c.team, ratio);
+                }
+                for threshold in budget.newly_crossed(ratio) {
+                    alert(billing, c, budget, threshold, ratio);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        for c in &self.held {
+            if let Some(meter) = &c.limits {
+                meter.finish(self.taken_ms, self.tokens, 0);
+            }
+            if let Some(budget) = &c.budget {
+                budget.release(self.reserved);
+            }
+        }
+    }
+}
+
+fn alert(billing: &Billing, c: &Controls, budget: &Budget, threshold: f64, ratio: f64) {
+    let spent = budget.spent() as f64 / NANOS;
+    let amount = budget.amount as f64 / NANOS;
+    tracing::warn!(scope = c.scope, name = %c.name, team = %c.team, threshold, ratio, spent, budget = amount, currency = %billing.currency, "budget threshold crossed");
+    crate::metrics::budget_alert(&c.team, threshold);
+    if let Some(url) = &billing.webhook {
+        let day = unix_day();
+        let start = budget.period_start(day);
+        let (y, m, d) = super::auth::civil_from_days(start);
+        crate::alerts::send(
+            url,
+            serde_json::json!({
+                "type": "budget_threshold",
+                "scope": c.scope,
+                "team": &*c.team,
+                "key": (c.scope == "key").then(|| &*c.name),
+                "threshold": threshold,
+                "used_ratio": ratio,
+                "spent": spent,
+                "budget": amount,
+                "currency": &*billing.currency,
+                "period": period_name(budget.period),
+                "period_start": format!("{y:04}-{m:02}-{d:02}"),
+                "at": crate::alerts::now_rfc3339_millis(),
+            }),
+        );
+    }
+}
+
+/// Restores the spend of the current period of every budget from the
+/// store (rows of `(day, team, key, cost nano-units)` since the earliest
+/// period start asked for).
+pub fn restore(access: &super::auth::Access, store: &crate::store::Store) {
+    let day = unix_day();
+    let _ = access;
+    let all = Controls::registered();
+    let budgets: Vec<&Controls> = all
+        .iter()
+        .map(|c| &**c)
+        .filter(|c| c.budget.is_some())
+        .collect();
+    let Some(from) = budgets
+        .iter()
+        .filter_map(|c| c.budget.as_ref().map(|b| b.period_start(day)))
+        .min()
+    else {
+        return;
+    };
+    let rows = match store.spend_since(from) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "store: spend of the current period not restored");
+            return;
+        }
+    };
+    for c in budgets {
+        let Some(b) = &c.budget else { continue };
+        let start = b.period_start(day);
+        let spent: u64 = rows
+            .iter()
+            .filter(|(d, team, key, _)| {
+                *d >= start
+                    && match c.scope {
+                        "team" => **team == *c.name,
+                        _ => **key == *c.name,
+                    }
+            })
+            .map(|r| r.3)
+            .sum();
+        if spent > 0 {
+            b.restore(spent);
+            let _ = b.newly_crossed(b.ratio());
+            tracing::info!(scope = c.scope, name = %c.name, spent = spent as f64 / NANOS, "budget spend of this period restored");
+        }
+        if c.scope == "team" {
+            crate::metrics::budget_used_ratio(&c.team, b.ratio());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- streams
+
+/// Adds `"stream_options":{"include_usage":true}` to a streamed request so
+/// that the upstream reports usage; returns the new body and whether the
+/// client asked for usage itself (then nothing changes).
+pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
+    use crate::api::json;
+    match json::member_range(body, "stream_options") {
+        Some(range) => {
+            let value = &body[range.clone()];
+            if memchr::memmem::find(value, b"\"include_usage\"").is_some()
+                && memchr::memmem::find(value, b"true").is_some()
+            {
+                return None;
+            }
+            let mut out = Vec::with_capacity(body.len() + 32);
+            json::splice(&mut out, body, range, br#"{"include_usage":true}"#);
+            Some(out)
+        }
+        None => {
+            let open = memchr::memchr(b'{', body)?;
+            let mut out = Vec::with_capacity(body.len() + 48);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&body[open + 1..]);
+            Some(out)
+        }
+    }
+}
+
+/// What the pipeline and its [`UsageFilter`] share about one answer.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Bytes of model text seen.
+    pub text_bytes: Cell<u64>,
+    /// A stream is stopped when its text passes this many bytes (4 per
+    /// reserved output token); 0 = no limit.
+    pub cap_bytes: Cell<u64>,
+}
+
+/// Answer filter of accounted requests: counts the answer's text (for the
+/// estimate when the upstream reports no usage), stops a stream that
+/// passes its reservation with a final error event and, when sluice asked
+/// for stream usage on the client's behalf, drops the usage-only event.
+pub struct UsageFilter {
+    pub strip_usage: bool,
+    pub tally: Rc<Tally>,
+}
+
+impl UsageFilter {
+    fn count(&self, value: &serde_json::Value) {
+        let mut n = 0usize;
+        if let Some(choices) = value.get("choices").and_then(|c| c.as_array()) {
+            for c in choices {
+                for p in [
+                    "/delta/content",
+                    "/message/content",
+                    "/text",
+                    "/delta/reasoning_content",
+                ] {
+                    n += c.pointer(p).and_then(|v| v.as_str()).map_or(0, str::len);
+                }
+            }
+        }
+        self.tally
+            .text_bytes
+            .set(self.tally.text_bytes.get() + n as u64);
+    }
+}
+
+impl AnswerFilter for UsageFilter {
+    fn body(&mut self, body: &mut Vec<u8>) -> Result<(), GatewayError> {
+        // Text is counted only for the estimate, when usage is missing.
+        if memchr::memmem::find(body, b"\"usage\"").is_none() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                self.count(&v);
+            }
+        }
+        Ok(())
+    }
+
+    fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        let mut rest = events;
+        while !rest.is_empty() {
+            let end = crate::http::sse::complete_events_len(rest);
+            let len = match end {
+                0 => rest.len(),
+                _ => next_event_len(rest),
+            };
+            let event = &rest[..len];
+            rest = &rest[len..];
+            let mut drop_it = false;
+            for data in crate::http::sse::data_lines(event) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                    self.count(&v);
+                    let usage_only = v.get("usage").is_some_and(|u| !u.is_null())
+                        && v.get("choices")
+                            .and_then(|c| c.as_array())
+                            .is_some_and(|c| c.is_empty());
+                    drop_it |= self.strip_usage && usage_only;
+                }
+            }
+            if !drop_it {
+                out.extend_from_slice(event);
+            }
+            let cap = self.tally.cap_bytes.get();
+            if cap > 0 && self.tally.text_bytes.get() > cap {
+                return Err(GatewayError::InsufficientQuota(
+                    "The answer reached the output reserved for it within the budget; it was stopped."
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Length of the first complete event of `buf` (through its blank line).
+fn next_event_len(buf: &[u8]) -> usize {
+    let mut i = 0;
+    while i < buf.len() {
+        match memchr::memchr(b'\n', &buf[i..]) {
+            Some(p) => {
+                let line_end = i + p + 1;
+                let line = &buf[i..line_end];
+                if line == b"\n" || line == b"\r\n" {
+                    return line_end;
+                }
+                i = line_end;
+            }
+            None => return buf.len(),
+        }
+    }
+    buf.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        // 2026-11-25 is a Wednesday.
+        let day = super::super::auth::days_from_civil(2026, 11, 25);
+        assert_eq!(period_start(Period::Week, day), day - 2);
+        assert_eq!(
+            period_start(Period::Month, day),
+            super::super::auth::days_from_civil(2026, 11, 1)
+        );
+        assert_eq!(
+            period_id(Period::Week, day - 2),
+            period_id(Period::Week, day + 4)
+        );
+        assert_ne!(
+            period_id(Period::Week, day - 3),
+            period_id(Period::Week, day - 2)
+        );
+    }
+
+    #[test]
+    fn reservations_cannot_overshoot() {
+        let b = Budget::new(
+            &crate::config::Budget {
+                amount: 1.0,
+                period: Period::Day,
+            },
+            &[0.5],
+        );
+        let day = unix_day();
+        let need = (0.3 * NANOS) as u64;
+        assert!(b.reserve(day, need) && b.reserve(day, need) && b.reserve(day, need));
+        assert!(!b.reserve(day, need));
+        let ratio = b.settle(day, need, need / 3);
+        assert!(ratio > 0.09 && ratio < 0.11);
+        assert!(b.newly_crossed(ratio).is_empty());
+        assert!(b.reserve(day, need));
+        assert_eq!(b.newly_crossed(0.6), vec![0.5]);
+        assert!(b.newly_crossed(0.7).is_empty());
+    }
+
+    #[test]
+    fn stream_usage_is_requested() {
+        let out = with_stream_usage(br#"{"model":"m","stream":true}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(with_stream_usage(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        )
+        .is_none());
+        let out = with_stream_usage(br#"{"stream_options":{},"model":"m"}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(max_tokens(br#"{"max_tokens": 12}"#), Some(12));
+    }
+
+    #[test]
+    fn usage_filter_strips_counts_and_stops() {
+        let tally = Rc::new(Tally::default());
+        let mut f = UsageFilter {
+            strip_usage: true,
+            tally: tally.clone(),
+        };
+        let mut out = Vec::new();
+        let events = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello there\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n\
+data: [DONE]\n\n";
+        f.events(events, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Hello there") && text.contains("[DONE]"));
+        assert!(!text.contains("usage"), "{text}");
+        assert_eq!(tally.text_bytes.get(), 11);
+        tally.cap_bytes.set(12);
+        let mut out = Vec::new();
+        let more = b"data: {\"choices\":[{\"delta\":{\"content\":\"!!\"}}]}\n\n";
+        assert!(f.events(more, &mut out).is_err());
+        assert!(
+            !out.is_empty(),
+            "the event that passed the cap is still sent"
+        );
+    }
+}
