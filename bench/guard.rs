@@ -6,6 +6,7 @@
 //!   request with a few findings (mask): under 20 microseconds.
 //!
 //! Run: `cargo bench --bench guard -- --warm-up-time 1 --measurement-time 3`
+//! (`GUARD_BENCH_PER_ENTITY=1` adds prose throughput per entity).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::config::{parse_str, snapshot::Snapshot};
@@ -118,8 +119,8 @@ fn dense(len: usize) -> (String, usize) {
     (text, n)
 }
 
-fn scanner(injection: bool, deny: &[String]) -> (Scanner, hyperscan::Scratch) {
-    let entities: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
+fn scanner(entities: &[&str], injection: bool, deny: &[String]) -> (Scanner, hyperscan::Scratch) {
+    let entities: Vec<String> = entities.iter().map(|s| s.to_string()).collect();
     let s = Scanner::compile(&ScannerSpec {
         entities: &entities,
         custom: &[],
@@ -146,7 +147,7 @@ fn bench_scanner(c: &mut Criterion) {
         ("entities", false, &[][..]),
         ("entities+safety", true, &deny[..]),
     ] {
-        let (s, scratch) = scanner(injection, deny);
+        let (s, scratch) = scanner(ALL, injection, deny);
         s.findings(&scratch, text.as_bytes(), &mut hits, &mut out);
         assert!(out.is_empty(), "the prose has findings: {:?}", &out[..]);
         assert!(!hits.deny && hits.injection == 0, "the prose hits safety");
@@ -179,6 +180,25 @@ fn bench_scanner(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // Where the prose time goes: one entity per database. Off by default
+    // (keeps `cargo bench` short): GUARD_BENCH_PER_ENTITY=1 turns it on.
+    if std::env::var_os("GUARD_BENCH_PER_ENTITY").is_some() {
+        let mut g = c.benchmark_group("scan_entity");
+        g.throughput(Throughput::Bytes(MIB as u64));
+        for entity in ALL {
+            let (s, scratch) = scanner(&[entity], false, &[]);
+            s.findings(&scratch, text.as_bytes(), &mut hits, &mut out);
+            eprintln!("prose ({entity}): {} raw candidates", hits.candidates.len());
+            g.bench_function(format!("prose_1MiB/{entity}"), |b| {
+                b.iter(|| {
+                    s.findings(&scratch, black_box(text.as_bytes()), &mut hits, &mut out);
+                    black_box(out.len())
+                })
+            });
+        }
+        g.finish();
+    }
 }
 
 /// A ~4 KiB chat request: a system prompt, a few turns, three findings

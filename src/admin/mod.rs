@@ -548,15 +548,6 @@ fn err(message: &str) -> Vec<u8> {
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
-    let mut out = Vec::with_capacity(body.len() + 128);
-    crate::http::response::status_line(&mut out, status);
-    crate::http::response::header(&mut out, b"content-type", ctype.as_bytes());
-    crate::http::response::header(
-        &mut out,
-        b"content-length",
-        body.len().to_string().as_bytes(),
-    );
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(body);
+    let out = crate::http::response::closing(status, ctype, body);
     let _ = stream.write_all(&out);
 }

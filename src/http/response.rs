@@ -105,6 +105,19 @@ pub fn json(
     out.extend_from_slice(body);
 }
 
+/// A whole response on a connection that closes after it (the metrics and
+/// admin listeners answer one request per connection).
+pub fn closing(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 128);
+    status_line(&mut out, status);
+    header(&mut out, b"content-type", content_type.as_bytes());
+    out.extend_from_slice(b"content-length: ");
+    push_u64(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorFields<'a>,

@@ -358,6 +358,35 @@ impl Relay<'_> {
         }
     }
 
+    /// Ends a stream whose head already went out: what is in `io.wbuf`,
+    /// then an SSE error event, then the end of the body, never a silent
+    /// truncation.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_with_error(
+        &self,
+        io: &mut ClientIo,
+        chunked: bool,
+        err: &GatewayError,
+        status: u16,
+        label: &'static str,
+        usage: Option<Usage>,
+        ttft: Option<Duration>,
+    ) -> Relayed {
+        let event = error_event(err);
+        if chunked {
+            encode_chunk(&mut io.wbuf, &event);
+            io.wbuf.extend_from_slice(LAST_CHUNK);
+        } else {
+            io.wbuf.extend_from_slice(&event);
+        }
+        let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
+        let outcome = Outcome {
+            status,
+            keep_alive: false,
+        };
+        self.finished(outcome, label, usage, ttft, self.sent_at.elapsed())
+    }
+
     /// Waits for a reviewer when this answer is held; Ok when it may go.
     async fn review(&self, request_id: &[u8], completion: &[u8]) -> Result<(), GatewayError> {
         let Some(hold) = self.hold else { return Ok(()) };
@@ -573,22 +602,12 @@ impl Relay<'_> {
                     // an error event rather than truncating it silently.
                     let label = e.outcome();
                     tracing::warn!(request_id = %String::from_utf8_lossy(&io.request_id), error = %e, "upstream failed mid-stream");
-                    let event = error_event(&GatewayError::Upstream(e));
                     io.wbuf.clear();
-                    frame(&mut io.wbuf, &event);
-                    end(&mut io.wbuf);
-                    let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
-                    let outcome = Outcome {
-                        status: head.status,
-                        keep_alive: false,
-                    };
-                    return Forwarded::Answered(self.finished(
-                        outcome,
-                        label,
-                        usage,
-                        ttft,
-                        self.sent_at.elapsed(),
-                    ));
+                    let err = GatewayError::Upstream(e);
+                    let relayed = self
+                        .end_with_error(io, chunked, &err, head.status, label, usage, ttft)
+                        .await;
+                    return Forwarded::Answered(relayed);
                 }
                 Err(Failure::Upstream(e)) if self.may_retry && retryable_error(&e) => {
                     return retry(e.outcome(), GatewayError::Upstream(e), self.sent_at);
@@ -649,20 +668,10 @@ impl Relay<'_> {
                     // A filter refused the rest of the answer: what it let
                     // through goes out, then an error event ends the stream.
                     frame(&mut io.wbuf, &filtered);
-                    frame(&mut io.wbuf, &error_event(&e));
-                    end(&mut io.wbuf);
-                    let _ = write_all_clear(&mut io.stream, &mut io.wbuf).await;
-                    let outcome = Outcome {
-                        status: head.status,
-                        keep_alive: false,
-                    };
-                    return Forwarded::Answered(self.finished(
-                        outcome,
-                        "filtered",
-                        usage,
-                        ttft,
-                        self.sent_at.elapsed(),
-                    ));
+                    let relayed = self
+                        .end_with_error(io, chunked, &e, head.status, "filtered", usage, ttft)
+                        .await;
+                    return Forwarded::Answered(relayed);
                 }
             }
             if !more {
