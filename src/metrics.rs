@@ -405,7 +405,12 @@ pub fn tokens_estimated(model: &str) {
 
 /// A team's budget use after a settlement.
 pub fn budget_used_ratio(team: &str, ratio: f64) {
-    gauge!(BUDGET_USED_RATIO, "team" => team.to_owned()).set(ratio);
+    budget_used_ratio_gauge(team).set(ratio);
+}
+
+/// The handle of `sluice_budget_used_ratio{team}` (kept by the budget).
+pub fn budget_used_ratio_gauge(team: &str) -> metrics::Gauge {
+    gauge!(BUDGET_USED_RATIO, "team" => team.to_owned())
 }
 
 /// A budget alert threshold was crossed (once per threshold and period).

@@ -373,12 +373,11 @@ fn fallback_model_serves_when_every_target_fails() {
     assert_eq!(resp.header("x-sluice-model"), Some("small"));
     assert_eq!(resp.header("x-sluice-upstream"), Some("b"));
     assert_eq!(resp.json()["model"], "org/Small");
-    assert_eq!(
-        gw.metric(
-            "sluice_fallbacks_total",
-            &[("model", "big"), ("served_by", "small")]
-        ),
-        Some(1.0)
+    // Counted once the answer is out, so wait for it.
+    gw.wait_metric(
+        "sluice_fallbacks_total",
+        &[("model", "big"), ("served_by", "small")],
+        1.0,
     );
     // A model whose targets all fail and that has no fallback: 502.
     let cfg = Config::default()

@@ -79,6 +79,8 @@ pub struct Budget {
     spent: AtomicU64,
     /// Bit i: `alert_at[i]` fired this period.
     fired: AtomicU32,
+    /// `sluice_budget_used_ratio{team}`, registered on first use.
+    gauge: std::sync::OnceLock<metrics::Gauge>,
 }
 
 impl Budget {
@@ -91,6 +93,7 @@ impl Budget {
             committed: AtomicU64::new(0),
             spent: AtomicU64::new(0),
             fired: AtomicU32::new(0),
+            gauge: std::sync::OnceLock::new(),
         }
     }
 
@@ -467,6 +470,27 @@ impl Admission<'_> {
         self.held.is_empty()
     }
 
+    /// `x-ratelimit-remaining-requests` / `-tokens` header lines for a
+    /// successful answer (empty when no rpm or tpm applies).
+    pub fn remaining_headers(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(r) = self.remaining.requests {
+            crate::http::response::header(
+                &mut out,
+                b"x-ratelimit-remaining-requests",
+                r.to_string().as_bytes(),
+            );
+        }
+        if let Some(t) = self.remaining.tokens {
+            crate::http::response::header(
+                &mut out,
+                b"x-ratelimit-remaining-tokens",
+                t.to_string().as_bytes(),
+            );
+        }
+        out
+    }
+
     /// Whether a budget was reserved.
     pub fn has_budget(&self) -> bool {
         self.held.iter().any(|c| c.budget.is_some())
@@ -483,7 +507,10 @@ impl Admission<'_> {
             if let Some(budget) = &c.budget {
                 let ratio = budget.settle(self.day, self.reserved, cost);
                 if c.scope == "team" {
-                    crate::metrics::budget_used_ratio(&c.team, ratio);
+                    budget
+                        .gauge
+                        .get_or_init(|| crate::metrics::budget_used_ratio_gauge(&c.team))
+                        .set(ratio);
                 }
                 for threshold in budget.newly_crossed(ratio) {
                     alert(billing, c, budget, threshold, ratio);

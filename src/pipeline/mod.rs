@@ -167,6 +167,10 @@ pub async fn run(
         Some(Ok(a)) => Some(a),
         None => None,
     };
+    let limit_headers = admission
+        .as_ref()
+        .map(account::Admission::remaining_headers)
+        .unwrap_or_default();
     if admission.as_ref().is_some_and(|a| a.has_budget()) && facts.stream {
         tally.cap_bytes.set(worst.output.saturating_mul(4));
     }
@@ -227,6 +231,7 @@ pub async fn run(
             upstream,
             may_retry,
             served_model: (model != asked || experiment.is_some()).then_some(&*route.name),
+            limit_headers: &limit_headers,
         };
         let state = states.get(upstream);
         state.inflight.fetch_add(1, Relaxed);

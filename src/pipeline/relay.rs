@@ -58,6 +58,9 @@ pub struct Attempt<'a> {
     /// Sent as `x-sluice-model` when a fallback or experiment variant
     /// answers instead of the model asked for.
     pub served_model: Option<&'a str>,
+    /// Rendered `x-ratelimit-remaining-*` header lines of sluice's own
+    /// limits (empty = none); they replace the upstream's.
+    pub limit_headers: &'a [u8],
     /// Hold the complete answer for a reviewer (`[[approvals]]`).
     pub hold: Option<Hold<'a>>,
 }
@@ -198,6 +201,7 @@ pub async fn forward(
         ttfb: sent_at.elapsed(),
         may_retry: attempt.may_retry,
         served_model: attempt.served_model,
+        limit_headers: attempt.limit_headers,
         hold: attempt.hold,
         approval: Default::default(),
     };
@@ -289,6 +293,7 @@ fn client_head(
     head: &ResponseHead,
     upstream_name: &str,
     served_model: Option<&str>,
+    limit_headers: &[u8],
 ) {
     out.clear();
     response::status_line(out, head.status);
@@ -297,6 +302,10 @@ fn client_head(
         if !is_hop_by_hop(name)
             && !name.eq_ignore_ascii_case(b"x-request-id")
             && !name.eq_ignore_ascii_case(b"x-sluice-upstream")
+            && (limit_headers.is_empty()
+                || !name
+                    .get(..12)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"x-ratelimit-")))
         {
             response::header(out, name, &upstream_buf[h.value.clone()]);
         }
@@ -305,6 +314,7 @@ fn client_head(
     if let Some(model) = served_model {
         response::header(out, b"x-sluice-model", model.as_bytes());
     }
+    out.extend_from_slice(limit_headers);
 }
 
 /// Token counts from a JSON object's top-level `usage`.
@@ -334,6 +344,7 @@ struct Relay<'a> {
     ttfb: Duration,
     may_retry: bool,
     served_model: Option<&'a str>,
+    limit_headers: &'a [u8],
     hold: Option<Hold<'a>>,
     approval: std::cell::Cell<Option<String>>,
 }
@@ -446,6 +457,7 @@ impl Relay<'_> {
             &head,
             &self.spec.name,
             self.served_model,
+            self.limit_headers,
         );
         let mut reader = BodyReader::new(&head);
         io.relay_buf.clear();
@@ -556,6 +568,7 @@ impl Relay<'_> {
             &head,
             &self.spec.name,
             self.served_model,
+            self.limit_headers,
         );
         if chunked {
             response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);

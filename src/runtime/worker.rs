@@ -210,6 +210,7 @@ pub(super) async fn worker_main(
         }
     }
     drop(listener);
+    let worker = worker.current();
     let deadline = Instant::now() + worker.snapshot.server.drain_timeout;
     while worker.inflight() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
