@@ -666,33 +666,61 @@ pub struct UsageFilter {
 }
 
 impl UsageFilter {
-    fn count(&self, value: &serde_json::Value) {
-        let mut n = 0usize;
-        if let Some(choices) = value.get("choices").and_then(|c| c.as_array()) {
-            for c in choices {
-                for p in [
-                    "/delta/content",
-                    "/message/content",
-                    "/text",
-                    "/delta/reasoning_content",
-                ] {
-                    n += c.pointer(p).and_then(|v| v.as_str()).map_or(0, str::len);
-                }
-            }
-        }
+    /// Adds the bytes of the model text in `json` (the string values of
+    /// `content`, `text` and `reasoning_content` members, as encoded),
+    /// found by a byte scan: no parse, no allocation.
+    fn count(&self, json: &[u8]) {
+        let n = text_bytes(json);
         self.tally
             .text_bytes
             .set(self.tally.text_bytes.get() + n as u64);
     }
 }
 
+/// Bytes of the string values of `"content"`, `"text"` and
+/// `"reasoning_content"` members anywhere in `json`.
+pub fn text_bytes(json: &[u8]) -> usize {
+    let mut n = 0;
+    for key in [
+        &b"\"content\""[..],
+        &b"\"text\""[..],
+        &b"\"reasoning_content\""[..],
+    ] {
+        for at in memchr::memmem::find_iter(json, key) {
+            let mut i = at + key.len();
+            while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+                i += 1;
+            }
+            if json.get(i) != Some(&b':') {
+                continue;
+            }
+            i += 1;
+            while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+                i += 1;
+            }
+            if json.get(i) != Some(&b'"') {
+                continue;
+            }
+            let start = i + 1;
+            let mut j = start;
+            while j < json.len() {
+                match json[j] {
+                    b'\\' => j += 2,
+                    b'"' => break,
+                    _ => j += 1,
+                }
+            }
+            n += j.min(json.len()) - start;
+        }
+    }
+    n
+}
+
 impl AnswerFilter for UsageFilter {
     fn body(&mut self, body: &mut Vec<u8>) -> Result<(), GatewayError> {
         // Text is counted only for the estimate, when usage is missing.
         if memchr::memmem::find(body, b"\"usage\"").is_none() {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-                self.count(&v);
-            }
+            self.count(body);
         }
         Ok(())
     }
@@ -709,13 +737,15 @@ impl AnswerFilter for UsageFilter {
             rest = &rest[len..];
             let mut drop_it = false;
             for data in crate::http::sse::data_lines(event) {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-                    self.count(&v);
-                    let usage_only = v.get("usage").is_some_and(|u| !u.is_null())
-                        && v.get("choices")
-                            .and_then(|c| c.as_array())
-                            .is_some_and(|c| c.is_empty());
-                    drop_it |= self.strip_usage && usage_only;
+                self.count(data);
+                // Only the (one) usage event is parsed.
+                if self.strip_usage && memchr::memmem::find(data, b"\"usage\"").is_some() {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                        drop_it |= v.get("usage").is_some_and(|u| !u.is_null())
+                            && v.get("choices")
+                                .and_then(|c| c.as_array())
+                                .is_some_and(|c| c.is_empty());
+                    }
                 }
             }
             if !drop_it {
@@ -809,6 +839,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(max_tokens(br#"{"max_tokens": 12}"#), Some(12));
+    }
+
+    #[test]
+    fn text_bytes_of_answers() {
+        assert_eq!(
+            text_bytes(br#"{"choices":[{"delta":{"content":"ab\"c"}}]}"#),
+            5
+        );
+        assert_eq!(text_bytes(br#"{"choices": [{"text": "hey", "x": 1}]}"#), 3);
+        assert_eq!(
+            text_bytes(br#"{"delta":{"content":null,"role":"assistant"}}"#),
+            0
+        );
+        assert_eq!(
+            text_bytes(br#"{"message":{"content":"a","reasoning_content":"bc"}}"#),
+            3
+        );
     }
 
     #[test]
