@@ -36,6 +36,15 @@ pub struct Record<'a> {
     pub tokens_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_out: Option<u64>,
+    /// True when the model server reported no usage and the tokens are
+    /// sluice's estimate.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tokens_estimated: bool,
+    /// Cost at the answering model's price, in `currency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<&'a str>,
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<f64>,

@@ -350,8 +350,11 @@ pub async fn run(
             experiment: experiment.map(|e| &*snapshot.experiments[e].name),
             variant: experiment.map(|_| &*snapshot.models[asked].name),
             stream: facts.stream,
-            tokens_in: relayed.usage.map(|u| u.input),
-            tokens_out: relayed.usage.map(|u| u.output),
+            tokens_in: usage.map(|u| u.input),
+            tokens_out: usage.map(|u| u.output),
+            tokens_estimated: estimated,
+            cost: (cost > 0).then(|| cost as f64 / account::NANOS),
+            currency: (cost > 0).then_some(&*snapshot.billing.currency),
             ttft_ms: relayed
                 .time_to_first_event
                 .map(|d| d.as_secs_f64() * 1000.0),
