@@ -137,7 +137,7 @@ fn bench_scanner(c: &mut Criterion) {
     const MIB: usize = 1 << 20;
     let text = prose(MIB, 1, |_| {});
     let (dense_text, planted) = dense(MIB);
-    let deny = vec!["(?i)build (a|an) (bomb|explosive)".to_string()];
+    let deny = ["(?i)build (a|an) (bomb|explosive)".to_string()];
     let mut hits = Hits::default();
     let mut out: Vec<Finding> = Vec::new();
 
