@@ -20,39 +20,11 @@ OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
 [[ -x $SLUICE_BIN ]] || { echo "failover: $SLUICE_BIN missing (cargo build --release)" >&2; exit 2; }
 [[ -x $OHA ]] || { echo "failover: oha missing (cargo install oha --locked)" >&2; exit 2; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-"$SLUICE_BIN" mock-upstream --listen "127.0.0.1:$PORT_A" 2>/dev/null & pid_a=$!; pids+=("$pid_a")
-"$SLUICE_BIN" mock-upstream --listen "127.0.0.1:$PORT_B" 2>/dev/null & pids+=($!)
-cat > "$work/sluice.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT_GW"
-workers = 1
-pin_cores = false
-[[upstreams]]
-name = "gpu-a"
-url = "http://127.0.0.1:$PORT_A"
-[[upstreams]]
-name = "gpu-b"
-url = "http://127.0.0.1:$PORT_B"
-[[models]]
-name = "llama"
-targets = [{ upstream = "gpu-a" }, { upstream = "gpu-b" }]
-balance = "least_outstanding"
-[resilience]
-retries = 2
-backoff_ms = 5
-breaker_failures = 3
-breaker_cooldown_ms = 60000
-TOML
-"$SLUICE_BIN" serve --config "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT_GW/health" >/dev/null && break; sleep 0.1; done
+# shellcheck source=loadtest/failover-rig.sh
+source loadtest/failover-rig.sh
+start_failover_rig failover
 
 body='{"model":"llama","messages":[{"role":"user","content":"Hello"}]}'
-( sleep "$KILL_AT"; kill -9 "$pid_a"; echo "[failover] killed gpu-a at ${KILL_AT}s" >&2 ) &
 "$OHA" -z "${DURATION}s" -c "$CONNECTIONS" --no-tui -m POST -H 'content-type: application/json' \
     -d "$body" "http://127.0.0.1:$PORT_GW/v1/chat/completions" > "$work/oha.txt"
 echo "# failover: $DURATION s, $CONNECTIONS connections, gpu-a killed at ${KILL_AT}s"

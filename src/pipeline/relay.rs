@@ -483,20 +483,14 @@ impl Relay<'_> {
             self.worker.pools.release(self.upstream, conn);
         }
         let usage = usage_of(&io.relay_buf);
-        if is_success(head.status) && !filters.is_empty() {
-            if let Err(e) = filters.body(&mut io.relay_buf) {
-                let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
-                return self.finished(
-                    outcome,
-                    outcome_label(head.status),
-                    usage,
-                    None,
-                    upstream_time,
-                );
-            }
-        }
         if is_success(head.status) {
-            if let Err(e) = self.review(&io.request_id, &io.relay_buf).await {
+            // The answer's filters, then a reviewer where a rule holds it;
+            // either may replace it by an error.
+            let verdict = match filters.body(&mut io.relay_buf) {
+                Ok(()) => self.review(&io.request_id, &io.relay_buf).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = verdict {
                 let outcome = reply_error(self.worker, io, &e, req.keep_alive).await;
                 return self.finished(
                     outcome,
