@@ -1,7 +1,8 @@
 //! The request pipeline: the steps a proxied request takes, in order, each
-//! in its own module. Today: parse the body view, route to a target,
-//! forward and relay. Authentication, authorization, limits, guards and
-//! the cache slot in between these steps as they are built.
+//! in its own module (docs/architecture.md lists them): audit gate, auth,
+//! parse, authorize, agents, guard, route, limits, then the attempt loop
+//! (upstream, relay, retries and fallbacks), accounting and the audit
+//! record. The response cache will slot in before routing.
 
 pub mod account;
 pub mod agent;
