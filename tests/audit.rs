@@ -239,22 +239,36 @@ fn retention_keeps_the_chain_verifiable_and_export_selects() {
 }
 
 #[test]
-fn a_gateway_killed_under_load_leaves_a_verifiable_log() {
+fn a_gateway_killed_under_load_loses_no_record_of_an_answer_a_client_received() {
     let mock = Mock::start();
     let dir = audit_dir();
     let mut gw = Gateway::start(&audited(&mock, &dir, ""));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let addr = gw.addr;
     let load: Vec<_> = (0..3)
-        .map(|_| {
-            let stop = stop.clone();
+        .map(|i| {
+            let (stop, received) = (stop.clone(), received.clone());
             std::thread::spawn(move || {
+                let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-                        use std::io::{Read, Write};
-                        let _ = s.write_all(&chat("m1", false, &[]));
-                        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                        let _ = s.read(&mut [0u8; 4096]);
+                    n += 1;
+                    let id = format!("crash-{i}-{n}");
+                    let Ok(mut conn) = std::net::TcpStream::connect(addr).map(Conn::from_stream)
+                    else {
+                        continue;
+                    };
+                    if conn
+                        .send_lossy(&chat("m1", i == 0, &[("x-request-id", &id)]))
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    // Only a complete answer counts as received.
+                    if let Ok(resp) = conn.try_read_response() {
+                        if resp.status == 200 {
+                            received.lock().unwrap().push(id);
+                        }
                     }
                 }
             })
@@ -269,10 +283,25 @@ fn a_gateway_killed_under_load_leaves_a_verifiable_log() {
     }
     let (good, out) = verify(&dir);
     assert!(good, "after SIGKILL: {out}");
+    let logged: std::collections::HashSet<String> = records(&dir)
+        .iter()
+        .filter_map(|r| r["request_id"].as_str().map(str::to_owned))
+        .collect();
+    let received = received.lock().unwrap().clone();
+    assert!(
+        received.len() >= 50,
+        "too few answers to judge: {}",
+        received.len()
+    );
+    let lost: Vec<&String> = received.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "answers received whose records were lost: {lost:?}"
+    );
     // And the next start continues the same chain.
     let gw = Gateway::start(&audited(&mock, &dir, ""));
-    assert_eq!(gw.request(&chat("m1", false, &[])).status, 200);
     let n = records(&dir).len();
+    assert_eq!(gw.request(&chat("m1", false, &[])).status, 200);
     wait_records(&dir, n + 1);
     drop(gw);
     let (good, out) = verify(&dir);

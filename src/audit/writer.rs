@@ -7,6 +7,7 @@
 
 use super::{segment_name, segment_number, AuditSettings, ANCHOR_FILE, GENESIS, HEAD_FILE};
 use crate::config::Fsync;
+use futures_channel::oneshot;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, Write};
@@ -27,7 +28,7 @@ const POLL: Duration = Duration::from_millis(2);
 
 /// The handle workers hold.
 pub struct AuditLog {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Entry>,
     pending: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     pub settings: AuditSettings,
@@ -68,17 +69,33 @@ impl AuditLog {
 
     /// Hands one serialized record (a JSON object) to the writer.
     pub fn submit(&self, record: Vec<u8>) {
+        self.enqueue((record, None));
+    }
+
+    /// As `submit`, and the receiver resolves once the record is on disk
+    /// (synced with `fsync = "always"`); None when it could not be queued.
+    pub fn submit_durable(&self, record: Vec<u8>) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue((record, Some(tx))).then_some(rx)
+    }
+
+    fn enqueue(&self, entry: Entry) -> bool {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(record) {
-            Ok(()) => {}
+        match self.tx.try_send(entry) {
+            Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.pending.fetch_sub(1, Ordering::Relaxed);
                 crate::metrics::audit_lost();
                 tracing::error!("audit queue full or writer gone: a record was lost");
+                false
             }
         }
     }
 }
+
+/// A record and, when its request waits for it, who to tell once it is
+/// on disk.
+type Entry = (Vec<u8>, Option<oneshot::Sender<()>>);
 
 /// Where the chain stands.
 struct ChainState {
@@ -212,7 +229,9 @@ impl Writer {
     /// Polls the queue instead of blocking on it: a worker handing over a
     /// record then never has to wake this thread (a futex call and a
     /// context switch per request), and records are taken in groups.
-    fn run(mut self, rx: Receiver<Vec<u8>>) {
+    fn run(mut self, rx: Receiver<Entry>) {
+        // Requests waiting for their record to be on disk.
+        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut last_sync = Instant::now();
         let mut last_retention: Option<Instant> = None;
         let mut dirty = false;
@@ -222,8 +241,9 @@ impl Writer {
             let mut disconnected = false;
             loop {
                 match rx.try_recv() {
-                    Ok(record) => {
+                    Ok((record, ack)) => {
                         self.pending.fetch_sub(1, Ordering::Relaxed);
+                        waiting.extend(ack);
                         if result.is_ok() {
                             result = self
                                 .state
@@ -250,6 +270,12 @@ impl Writer {
                 result = self.state.sync(self.settings.fsync != Fsync::Never);
                 last_sync = Instant::now();
                 dirty = false;
+            }
+            if !dirty || result.is_err() {
+                // Synced (or failed: the dropped senders tell the waiters).
+                for ack in waiting.drain(..).filter(|_| result.is_ok()) {
+                    let _ = ack.send(());
+                }
             }
             self.set_health(result);
             if disconnected {

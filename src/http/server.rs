@@ -24,6 +24,10 @@ pub struct ClientIo {
     /// Response body or stream events read from the upstream.
     pub relay_buf: Vec<u8>,
     pub request_id: Vec<u8>,
+    /// The last byte of an answer, held back until its audit record is on
+    /// disk (`[audit] fsync = "always"`): a client never holds a complete
+    /// answer whose record a crash could lose.
+    pub deferred: Vec<u8>,
 }
 
 /// One request as the API sees it.
@@ -78,6 +82,7 @@ pub async fn serve_connection(mut worker: Rc<Worker>, stream: TcpStream, peer: s
         upstream_buf: Vec::new(),
         relay_buf: Vec::new(),
         request_id: Vec::with_capacity(32),
+        deferred: Vec::new(),
     };
     let mut rbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunked_body: Vec<u8> = Vec::new();

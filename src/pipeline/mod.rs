@@ -228,6 +228,8 @@ pub async fn run(
             })
         });
         let attempt = relay::Attempt {
+            defer_last_byte: audit
+                .is_some_and(|log| log.settings.fsync == crate::config::Fsync::Always),
             hold,
             upstream,
             may_retry,
@@ -387,7 +389,14 @@ pub async fn run(
             crate::config::AuditDetail::Redacted if masked => Some(&*body),
             _ => None,
         };
-        submit(log, record, content);
+        let durable = submit(log, record, content, !io.deferred.is_empty());
+        if let Some(on_disk) = durable {
+            // The answer's last byte waits for its record (fsync = always).
+            let _ = on_disk.await;
+        }
+    }
+    if !io.deferred.is_empty() {
+        let _ = crate::http::io::write_all_clear(&mut io.stream, &mut io.deferred).await;
     }
     // account: usage per day, team, key and model, queued for the store.
     if let (Some(p), Some(store)) = (&principal, worker.shared.store.get()) {
@@ -442,7 +451,7 @@ async fn refuse(
             Some(code),
         );
         let full = log.settings.detail == crate::config::AuditDetail::Full;
-        submit(log, record, full.then_some(req.body));
+        submit(log, record, full.then_some(req.body), false);
     }
     let seconds = req.started.elapsed().as_secs_f64();
     worker
@@ -478,11 +487,21 @@ fn audit_base<'a>(
 }
 
 /// Adds the content `detail` asks for and hands the record to the writer.
-fn submit(log: &audit::AuditLog, mut record: audit::Record<'_>, content: Option<&[u8]>) {
+/// With `durable`, the receiver resolves once the record is on disk.
+fn submit(
+    log: &audit::AuditLog,
+    mut record: audit::Record<'_>,
+    content: Option<&[u8]>,
+    durable: bool,
+) -> Option<futures_channel::oneshot::Receiver<()>> {
     if let Some(body) = content {
         record.request = serde_json::from_slice(body).ok();
     }
+    if durable {
+        return log.submit_durable(record.to_line());
+    }
     log.submit(record.to_line());
+    None
 }
 
 /// Client request headers that are never forwarded: hop-by-hop ones, the

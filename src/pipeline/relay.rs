@@ -63,6 +63,9 @@ pub struct Attempt<'a> {
     pub limit_headers: &'a [u8],
     /// Hold the complete answer for a reviewer (`[[approvals]]`).
     pub hold: Option<Hold<'a>>,
+    /// Keep the answer's last byte in `io.deferred` for the pipeline to
+    /// send once the audit record is durable.
+    pub defer_last_byte: bool,
 }
 
 /// A held answer's rule and what the reviewer is shown about it.
@@ -203,6 +206,7 @@ pub async fn forward(
         served_model: attempt.served_model,
         limit_headers: attempt.limit_headers,
         hold: attempt.hold,
+        defer_last_byte: attempt.defer_last_byte,
         approval: Default::default(),
     };
     if head.event_stream {
@@ -346,6 +350,7 @@ struct Relay<'a> {
     served_model: Option<&'a str>,
     limit_headers: &'a [u8],
     hold: Option<Hold<'a>>,
+    defer_last_byte: bool,
     approval: std::cell::Cell<Option<String>>,
 }
 
@@ -396,6 +401,16 @@ impl Relay<'_> {
             keep_alive: false,
         };
         self.finished(outcome, label, usage, ttft, self.sent_at.elapsed())
+    }
+
+    /// Moves the last byte of `io.wbuf` to `io.deferred` when this is the
+    /// answer's final write and the pipeline waits for its audit record.
+    fn defer_last(&self, io: &mut ClientIo, last_write: bool) {
+        if self.defer_last_byte && last_write {
+            if let Some(byte) = io.wbuf.pop() {
+                io.deferred.push(byte);
+            }
+        }
     }
 
     /// Waits for a reviewer when this answer is held; Ok when it may go.
@@ -510,6 +525,7 @@ impl Relay<'_> {
         );
         io.wbuf.extend_from_slice(b"\r\n");
         io.wbuf.extend_from_slice(&io.relay_buf);
+        self.defer_last(io, true);
         let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();
         if !written {
             self.worker.metrics.client_disconnect("writing_response");
@@ -690,8 +706,11 @@ impl Relay<'_> {
             io.relay_buf.drain(..ready);
             if let Some(held) = held.as_mut() {
                 held.append(&mut io.wbuf);
-            } else if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
-                return Forwarded::Answered(self.client_left(usage, ttft));
+            } else {
+                self.defer_last(io, !more);
+                if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
+                    return Forwarded::Answered(self.client_left(usage, ttft));
+                }
             }
             if !more {
                 break;
@@ -713,7 +732,9 @@ impl Relay<'_> {
                     upstream_time,
                 ));
             }
-            if write_all_clear(&mut io.stream, &mut held).await.is_err() {
+            std::mem::swap(&mut io.wbuf, &mut held);
+            self.defer_last(io, true);
+            if write_all_clear(&mut io.stream, &mut io.wbuf).await.is_err() {
                 return Forwarded::Answered(self.client_left(usage, ttft));
             }
         }
