@@ -307,3 +307,30 @@ fn a_gateway_killed_under_load_loses_no_record_of_an_answer_a_client_received() 
     let (good, out) = verify(&dir);
     assert!(good, "after restart: {out}");
 }
+
+#[test]
+fn pii_findings_are_counted_in_the_record_never_their_values() {
+    let mock = Mock::start();
+    let dir = audit_dir();
+    let cfg = audited(&mock, &dir, "").section(
+        "[pii]\ndefault_policy = \"standard\"\n\n[pii.policies.standard]\naction = \"mask\"\nentities = [\"email\", \"iban\"]\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let body = r#"{"model":"m1","messages":[{"role":"user","content":"Write to jan@example.org and ann@example.org about NL91ABNA0417164300"}]}"#;
+    assert_eq!(
+        gw.request(&post("/v1/chat/completions", body.as_bytes(), &[]))
+            .status,
+        200
+    );
+    let recs = wait_records(&dir, 1);
+    assert_eq!(recs[0]["pii"]["email"], 2, "{}", recs[0]);
+    assert_eq!(recs[0]["pii"]["iban"], 1);
+    let raw: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(
+        !raw.contains("jan@example.org") && !raw.contains("NL91ABNA"),
+        "a value reached the audit log"
+    );
+}

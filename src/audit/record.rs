@@ -51,6 +51,9 @@ pub struct Record<'a> {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// PII found in the request, by entity type (counts, never values).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pii: BTreeMap<String, u64>,
     /// Why the request went where it went, or was refused: e.g.
     /// `retry:gpu-a:connect_error`, `fallback:llama-3.2-3b`.
     #[serde(skip_serializing_if = "Vec::is_empty")]

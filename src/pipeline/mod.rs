@@ -92,6 +92,7 @@ pub async fn run(
         filters.push(f);
     }
     // guard: PII and content safety on the text that reaches the model.
+    let mut pii_findings = Vec::new();
     if let Some(guard) = &snapshot.guard {
         let team_policy = principal
             .as_ref()
@@ -104,6 +105,7 @@ pub async fn run(
                 if let Some(filter) = inspection.filter {
                     filters.push(filter);
                 }
+                pii_findings = inspection.findings;
             }
             Err(e) => return refuse(worker, io, req, &e).await,
         }
@@ -362,6 +364,7 @@ pub async fn run(
                 .time_to_first_event
                 .map(|d| d.as_secs_f64() * 1000.0),
             decisions,
+            pii: pii_findings.into_iter().collect(),
             ..audit_base(worker, req, &io.request_id, endpoint.as_str(), status, None)
         };
         // Content per detail: `full` keeps what the client sent;

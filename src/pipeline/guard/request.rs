@@ -31,6 +31,9 @@ pub struct Inspection {
     pub body: Option<Vec<u8>>,
     /// The filter the answer must pass through.
     pub filter: Option<Box<dyn AnswerFilter>>,
+    /// Entity types found in the request and how often (never values),
+    /// for the audit record; empty when nothing was found.
+    pub findings: Vec<(String, u64)>,
 }
 
 /// Whether a path (below the top-level member) holds text sent to a model.
@@ -190,6 +193,7 @@ impl Guard {
             return Ok(Inspection {
                 body: None,
                 filter: GuardFilter::boxed(self, None, scanner.clone(), Default::default(), gw),
+                findings: Vec::new(),
             });
         };
         let action = action_label(policy.action);
@@ -265,9 +269,16 @@ impl Guard {
             _ => None,
         };
         record_scan();
+        let findings = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(e, &n)| (scanner.entities[e].name.to_string(), n))
+            .collect();
         Ok(Inspection {
             body: new_body,
             filter: GuardFilter::boxed(self, Some(policy), scanner.clone(), pseudonyms, gw),
+            findings,
         })
     }
 }
