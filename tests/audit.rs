@@ -115,6 +115,14 @@ fn full_detail_keeps_the_request_and_decisions_name_the_fallback() {
         "{decisions}"
     );
     assert_eq!(recs[0]["request"]["messages"][0]["content"], "Say hello");
+    assert!(
+        recs[0]["completion"]
+            .as_str()
+            .unwrap()
+            .contains("Hello from the sluice mock model."),
+        "{}",
+        recs[0]
+    );
 }
 
 /// A log of several segments, written by a real gateway.
@@ -312,9 +320,18 @@ fn a_gateway_killed_under_load_loses_no_record_of_an_answer_a_client_received() 
 fn pii_findings_are_counted_in_the_record_never_their_values() {
     let mock = Mock::start();
     let dir = audit_dir();
+    // detail = "redacted": content is kept, masked.
     let cfg = audited(&mock, &dir, "").section(
-        "[pii]\ndefault_policy = \"standard\"\n\n[pii.policies.standard]\naction = \"mask\"\nentities = [\"email\", \"iban\"]\n",
+        "[pii]\ndefault_policy = \"standard\"\n\n[pii.policies.standard]\naction = \"mask\"\nentities = [\"email\", \"iban\"]\nscan_responses = true\n",
     );
+    let cfg = Config {
+        raw: cfg
+            .raw
+            .iter()
+            .map(|r| r.replace("detail = \"metadata\"", "detail = \"redacted\""))
+            .collect(),
+        ..cfg
+    };
     let gw = Gateway::start(&cfg);
     let body = r#"{"model":"m1","messages":[{"role":"user","content":"Write to jan@example.org and ann@example.org about NL91ABNA0417164300"}]}"#;
     assert_eq!(
@@ -325,6 +342,16 @@ fn pii_findings_are_counted_in_the_record_never_their_values() {
     let recs = wait_records(&dir, 1);
     assert_eq!(recs[0]["pii"]["email"], 2, "{}", recs[0]);
     assert_eq!(recs[0]["pii"]["iban"], 1);
+    let kept = recs[0]["request"].to_string();
+    assert!(
+        kept.contains("[EMAIL]") && kept.contains("[IBAN]"),
+        "redacted request: {kept}"
+    );
+    assert!(
+        recs[0]["completion"].is_string(),
+        "redacted answer kept: {}",
+        recs[0]
+    );
     let raw: String = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())

@@ -6,6 +6,7 @@
 //! segments and applies retention. `verify` checks a directory; `export`
 //! selects records.
 
+pub mod capture;
 pub mod record;
 pub mod verify;
 pub mod writer;

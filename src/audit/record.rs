@@ -63,6 +63,10 @@ pub struct Record<'a> {
     /// The request body, with `detail = "full"` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<serde_json::Value>,
+    /// The answer's text as the client received it (a JSON answer whole, a
+    /// stream's deltas joined), with content details only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
 }
 
 impl Record<'_> {

@@ -129,6 +129,10 @@ pub async fn run(
             body = Cow::Owned(rewritten);
         }
     }
+    // audit: the content the record keeps (`detail`, per team). The answer
+    // is captured by the last filter, so it is what the client received.
+    let content = audit_content(snapshot, principal.as_ref(), audit, &mut filters);
+
     // route: experiment variant, then targets, retries and fallbacks.
     let reach = route::Reach {
         regions: principal.as_ref().and_then(|p| p.allowed_regions()),
@@ -367,32 +371,14 @@ pub async fn run(
             pii: pii_findings.into_iter().collect(),
             ..audit_base(worker, req, &io.request_id, endpoint.as_str(), status, None)
         };
-        // Content per detail: `full` keeps what the client sent;
-        // `redacted` keeps what the model was sent, and only when a masking
-        // PII policy scanned it.
-        let detail = principal
-            .as_ref()
-            .and_then(|p| p.team.audit_detail)
-            .unwrap_or(log.settings.detail);
-        let masked = snapshot.guard.as_ref().is_some_and(|g| {
-            g.policy(
-                principal
-                    .as_ref()
-                    .and_then(|p| p.team.pii_policy.as_deref()),
-            )
-            .is_some_and(|p| {
-                matches!(
-                    p.action,
-                    crate::config::PiiAction::Mask | crate::config::PiiAction::Pseudonymize
-                )
-            })
-        });
-        let content = match detail {
-            crate::config::AuditDetail::Full => Some(req.body),
-            crate::config::AuditDetail::Redacted if masked => Some(&*body),
-            _ => None,
+        let mut record = record;
+        record.completion = content.answer.as_ref().map(|text| text.take());
+        let request_content = match content.request {
+            RequestContent::Sent => Some(req.body),
+            RequestContent::Forwarded => Some(&*body),
+            RequestContent::None => None,
         };
-        let durable = submit(log, record, content, !io.deferred.is_empty());
+        let durable = submit(log, record, request_content, !io.deferred.is_empty());
         if let Some(on_disk) = durable {
             // The answer's last byte waits for its record (fsync = always).
             let _ = on_disk.await;
@@ -461,6 +447,61 @@ async fn refuse(
         .metrics
         .request(u32::MAX, NO_MODEL, outcome.status, seconds);
     outcome
+}
+
+/// Which request bytes an audit record keeps.
+enum RequestContent {
+    /// As the client sent them (`full`).
+    Sent,
+    /// As the model received them (`redacted` under a masking PII policy).
+    Forwarded,
+    None,
+}
+
+struct AuditContent {
+    request: RequestContent,
+    /// The captured answer text, when the record keeps it.
+    answer: Option<std::rc::Rc<std::cell::RefCell<String>>>,
+}
+
+/// Decides what content a request's audit record keeps and registers the
+/// answer capture. `redacted` keeps content only where the PII policy
+/// masks it: the request under `mask`/`pseudonymize`, the answer under
+/// `mask` with `scan_responses` (pseudonyms are put back in answers, so
+/// those are not redacted).
+fn audit_content(
+    snapshot: &crate::config::snapshot::Snapshot,
+    principal: Option<&auth::Principal>,
+    audit: Option<&std::sync::Arc<audit::AuditLog>>,
+    filters: &mut AnswerFilters,
+) -> AuditContent {
+    use crate::config::{AuditDetail, PiiAction};
+    let none = AuditContent {
+        request: RequestContent::None,
+        answer: None,
+    };
+    let Some(log) = audit else { return none };
+    let detail = principal
+        .and_then(|p| p.team.audit_detail)
+        .unwrap_or(log.settings.detail);
+    let policy = snapshot
+        .guard
+        .as_ref()
+        .and_then(|g| g.policy(principal.and_then(|p| p.team.pii_policy.as_deref())));
+    let masks_requests =
+        policy.is_some_and(|p| matches!(p.action, PiiAction::Mask | PiiAction::Pseudonymize));
+    let masks_answers = policy.is_some_and(|p| p.action == PiiAction::Mask && p.scan_responses);
+    let (request, keep_answer) = match detail {
+        AuditDetail::Full => (RequestContent::Sent, true),
+        AuditDetail::Redacted if masks_requests => (RequestContent::Forwarded, masks_answers),
+        AuditDetail::Redacted | AuditDetail::Metadata => return none,
+    };
+    let answer = keep_answer.then(|| {
+        let (filter, text) = audit::capture::Capture::new();
+        filters.push(filter);
+        text
+    });
+    AuditContent { request, answer }
 }
 
 /// The fields every audit record has.
