@@ -18,7 +18,7 @@ pub struct Capture {
 
 impl Capture {
     /// A filter and the text it fills in.
-    pub fn new() -> (Box<dyn AnswerFilter>, Rc<RefCell<String>>) {
+    pub fn filter() -> (Box<dyn AnswerFilter>, Rc<RefCell<String>>) {
         let into = Rc::new(RefCell::new(String::new()));
         (Box::new(Capture { into: into.clone() }), into)
     }
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn joins_stream_deltas_and_passes_events_unchanged() {
-        let (mut filter, text) = Capture::new();
+        let (mut filter, text) = Capture::filter();
         let events = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n";
         let mut out = Vec::new();
         filter.events(events, &mut out).unwrap();

@@ -497,7 +497,7 @@ fn audit_content(
         AuditDetail::Redacted | AuditDetail::Metadata => return none,
     };
     let answer = keep_answer.then(|| {
-        let (filter, text) = audit::capture::Capture::new();
+        let (filter, text) = audit::capture::Capture::filter();
         filters.push(filter);
         text
     });
