@@ -361,3 +361,23 @@ fn pii_findings_are_counted_in_the_record_never_their_values() {
         "a value reached the audit log"
     );
 }
+
+#[test]
+fn a_blocked_request_is_recorded_with_its_reason() {
+    let mock = Mock::start();
+    let dir = audit_dir();
+    let cfg = audited(&mock, &dir, "").section(
+        "[pii]\ndefault_policy = \"strict\"\n\n[pii.policies.strict]\naction = \"block\"\nentities = [\"email\"]\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let body = r#"{"model":"m1","messages":[{"role":"user","content":"mail jan@example.org"}]}"#;
+    assert_eq!(
+        gw.request(&post("/v1/chat/completions", body.as_bytes(), &[]))
+            .status,
+        400
+    );
+    let recs = wait_records(&dir, 1);
+    assert_eq!(recs[0]["status"], 400);
+    assert_eq!(recs[0]["error"], "pii_detected");
+    assert_eq!(mock.requests(), 0, "a blocked request reached the model");
+}
