@@ -14,17 +14,8 @@ use sluice::pipeline::guard::scanner::{Finding, Hits, Scanner, ScannerSpec};
 use sluice::pipeline::guard::GuardWorker;
 use std::hint::black_box;
 
-const ALL: &[&str] = &[
-    "email",
-    "phone",
-    "iban",
-    "credit_card",
-    "bsn",
-    "ssn",
-    "ipv4",
-    "ipv6",
-    "secret",
-];
+/// Every built-in entity.
+const ALL: &[&str] = sluice::config::BUILTIN_PII_ENTITIES;
 
 /// The reference configuration's data-protection sections: mask over every
 /// built-in entity, prompt-injection blocking and one deny pattern.

@@ -7,17 +7,8 @@ use sluice::pipeline::guard::scanner::{Finding, Hits, Scanner, ScannerSpec};
 use sluice::pipeline::guard::stream::{apply, Mask, TextStream};
 use std::path::Path;
 
-const ALL: &[&str] = &[
-    "email",
-    "phone",
-    "iban",
-    "credit_card",
-    "bsn",
-    "ssn",
-    "ipv4",
-    "ipv6",
-    "secret",
-];
+/// Every built-in entity.
+const ALL: &[&str] = sluice::config::BUILTIN_PII_ENTITIES;
 
 fn scanner(entities: &[&str], custom: &[(String, String)]) -> (Scanner, hyperscan::Scratch) {
     let entities: Vec<String> = entities.iter().map(|s| s.to_string()).collect();
