@@ -3,22 +3,38 @@
 
 use memchr::memmem;
 
-/// Length of the first complete event in `buf` (through its blank line), if
-/// one is complete. Accepts `\n\n` and `\r\n\r\n` separators.
+/// Length of the complete events at the start of `buf` (through the last
+/// blank line), 0 when none is complete. Accepts `\n\n` and `\r\n\r\n`
+/// separators. One backward search per separator: the relay calls this on
+/// every read of a stream.
 pub fn complete_events_len(buf: &[u8]) -> usize {
-    let mut end = 0;
-    loop {
-        let rest = &buf[end..];
-        let lf = memmem::find(rest, b"\n\n").map(|i| i + 2);
-        let crlf = memmem::find(rest, b"\r\n\r\n").map(|i| i + 4);
-        let next = match (lf, crlf) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
-            (None, None) => return end,
-        };
-        end += next;
+    let lf = memmem::rfind(buf, b"\n\n").map_or(0, |i| i + 2);
+    let crlf = memmem::rfind(buf, b"\r\n\r\n").map_or(0, |i| i + 4);
+    lf.max(crlf)
+}
+
+/// Length of the first event in `buf` (through its blank line), or all of
+/// `buf` when no event in it is complete.
+pub fn first_event_len(buf: &[u8]) -> usize {
+    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => buf.len(),
     }
+}
+
+/// Splits `buf` into its events (the last one possibly incomplete).
+pub fn events(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let (event, rest) = buf.split_at(first_event_len(buf));
+        buf = rest;
+        Some(event)
+    })
 }
 
 /// Iterates over the `data:` payloads of the events in `buf`.
@@ -42,5 +58,14 @@ mod tests {
         let data: Vec<_> = data_lines(&buf[..n]).collect();
         assert_eq!(data, vec![&b"a"[..], &b"b"[..]]);
         assert_eq!(complete_events_len(b"data: x\n"), 0);
+        let split: Vec<_> = events(b"data: a\n\ndata: b\r\n\r\ndata: par").collect();
+        assert_eq!(
+            split,
+            vec![
+                &b"data: a\n\n"[..],
+                &b"data: b\r\n\r\n"[..],
+                &b"data: par"[..]
+            ]
+        );
     }
 }

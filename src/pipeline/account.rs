@@ -726,15 +726,7 @@ impl AnswerFilter for UsageFilter {
     }
 
     fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let mut rest = events;
-        while !rest.is_empty() {
-            let end = crate::http::sse::complete_events_len(rest);
-            let len = match end {
-                0 => rest.len(),
-                _ => next_event_len(rest),
-            };
-            let event = &rest[..len];
-            rest = &rest[len..];
+        for event in crate::http::sse::events(events) {
             let mut drop_it = false;
             for data in crate::http::sse::data_lines(event) {
                 self.count(data);
@@ -761,25 +753,6 @@ impl AnswerFilter for UsageFilter {
         }
         Ok(())
     }
-}
-
-/// Length of the first complete event of `buf` (through its blank line).
-fn next_event_len(buf: &[u8]) -> usize {
-    let mut i = 0;
-    while i < buf.len() {
-        match memchr::memchr(b'\n', &buf[i..]) {
-            Some(p) => {
-                let line_end = i + p + 1;
-                let line = &buf[i..line_end];
-                if line == b"\n" || line == b"\r\n" {
-                    return line_end;
-                }
-                i = line_end;
-            }
-            None => return buf.len(),
-        }
-    }
-    buf.len()
 }
 
 #[cfg(test)]

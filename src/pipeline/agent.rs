@@ -113,13 +113,7 @@ impl AnswerFilter for ToolCallFilter {
     }
 
     fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let mut rest = events;
-        while !rest.is_empty() {
-            let len = match crate::http::sse::complete_events_len(rest) {
-                0 => rest.len(),
-                _ => first_event_len(rest),
-            };
-            let (event, tail) = rest.split_at(len);
+        for event in crate::http::sse::events(events) {
             for data in crate::http::sse::data_lines(event) {
                 if let Some(name) = self.forbidden(data, "delta") {
                     crate::metrics::tool_call_blocked();
@@ -127,21 +121,8 @@ impl AnswerFilter for ToolCallFilter {
                 }
             }
             out.extend_from_slice(event);
-            rest = tail;
         }
         Ok(())
-    }
-}
-
-/// Length of the first event of `buf` through its blank line (the whole
-/// buffer when none ends).
-fn first_event_len(buf: &[u8]) -> usize {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => buf.len(),
     }
 }
 
