@@ -16,7 +16,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Rate, Counter } from 'k6/metrics';
-import { CHAT_URL, headers, chatBody, num, str, preflight, header, shown } from './lib.js';
+import { CHAT_URL, headers, chatBody, num, str, preflight, header, shown, arrival, SUMMARY_STATS } from './lib.js';
 
 const hit = new Rate('cache_hit');
 const results = new Counter('cache_results');
@@ -38,18 +38,9 @@ if (__ENV.MIN_HIT_RATE) {
 }
 
 export const options = {
-  scenarios: {
-    cache: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: str('DURATION', '30s'),
-      preAllocatedVUs: num('VUS', 32),
-      maxVUs: num('MAX_VUS', 256),
-    },
-  },
+  scenarios: arrival('cache', RATE),
   thresholds,
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  summaryTrendStats: SUMMARY_STATS,
 };
 
 export function setup() {

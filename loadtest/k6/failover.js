@@ -22,7 +22,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
-import { CHAT_URL, headers, chatBody, num, str, preflight, header, shown } from './lib.js';
+import { CHAT_URL, headers, chatBody, num, str, preflight, header, shown, arrival, SUMMARY_STATS } from './lib.js';
 
 const byUpstream = new Counter('answers_by_upstream');
 const byStatus = new Counter('answers_by_status');
@@ -30,16 +30,7 @@ const byStatus = new Counter('answers_by_status');
 const RATE = num('RATE', 200);
 
 export const options = {
-  scenarios: {
-    failover: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: str('DURATION', '30s'),
-      preAllocatedVUs: num('VUS', 32),
-      maxVUs: num('MAX_VUS', 256),
-    },
-  },
+  scenarios: arrival('failover', RATE),
   thresholds: Object.assign(
     {
       http_req_failed: [`rate<${num('FAIL_RATE', 0.01)}`],
@@ -48,7 +39,7 @@ export const options = {
     shown('answers_by_status', 'status', str('STATUSES', '200,429,500,502,503,504')),
     shown('answers_by_upstream', 'upstream', str('UPSTREAMS', '')),
   ),
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  summaryTrendStats: SUMMARY_STATS,
 };
 
 export function setup() {

@@ -95,3 +95,23 @@ export function shown(metric, tag, values) {
   }
   return out;
 }
+
+/** The percentiles every script's summary shows. */
+export const SUMMARY_STATS = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'];
+
+/**
+ * One scenario sending `rate` requests per second for DURATION, with VUS
+ * pre-allocated and at most MAX_VUS.
+ */
+export function arrival(name, rate) {
+  return {
+    [name]: {
+      executor: 'constant-arrival-rate',
+      rate,
+      timeUnit: '1s',
+      duration: str('DURATION', '30s'),
+      preAllocatedVUs: num('VUS', 32),
+      maxVUs: num('MAX_VUS', 256),
+    },
+  };
+}

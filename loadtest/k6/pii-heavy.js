@@ -17,7 +17,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Rate, Counter } from 'k6/metrics';
-import { CHAT_URL, headers, chatBody, num, str, preflight, shown } from './lib.js';
+import { CHAT_URL, headers, chatBody, num, str, preflight, shown, arrival, SUMMARY_STATS } from './lib.js';
 
 const leaked = new Rate('pii_leaked');
 const statuses = new Counter('pii_statuses');
@@ -42,18 +42,9 @@ if (ECHO_CHECK) thresholds.pii_leaked = ['rate==0'];
 Object.assign(thresholds, shown('pii_statuses', 'status', str('STATUSES', '200,400,403,422')));
 
 export const options = {
-  scenarios: {
-    pii: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: str('DURATION', '30s'),
-      preAllocatedVUs: num('VUS', 32),
-      maxVUs: num('MAX_VUS', 256),
-    },
-  },
+  scenarios: arrival('pii', RATE),
   thresholds,
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  summaryTrendStats: SUMMARY_STATS,
 };
 
 export function setup() {

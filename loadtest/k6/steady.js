@@ -7,21 +7,12 @@
 
 import http from 'k6/http';
 import { check } from 'k6';
-import { CHAT_URL, headers, chatBody, num, str, preflight } from './lib.js';
+import { CHAT_URL, headers, chatBody, num, str, preflight, arrival, SUMMARY_STATS } from './lib.js';
 
 const RATE = num('RATE', 200);
 
 export const options = {
-  scenarios: {
-    steady: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: str('DURATION', '30s'),
-      preAllocatedVUs: num('VUS', 32),
-      maxVUs: num('MAX_VUS', 256),
-    },
-  },
+  scenarios: arrival('steady', RATE),
   thresholds: {
     http_req_failed: [`rate<${num('FAIL_RATE', 0.001)}`],
     'http_req_duration{name:chat}': [`p(95)<${num('P95_MS', 250)}`, `p(99)<${num('P99_MS', 500)}`],
@@ -29,7 +20,7 @@ export const options = {
     // The executor could not keep the rate: the gateway (or k6) is saturated.
     dropped_iterations: [`count<${num('MAX_DROPPED', Math.max(1, RATE))}`],
   },
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  summaryTrendStats: SUMMARY_STATS,
 };
 
 export function setup() {

@@ -16,7 +16,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Trend, Rate, Counter } from 'k6/metrics';
-import { CHAT_URL, headers, chatBody, num, str, preflight } from './lib.js';
+import { CHAT_URL, headers, chatBody, num, str, preflight, SUMMARY_STATS } from './lib.js';
 
 const ttft = new Trend('sluice_ttft', true);
 const complete = new Rate('stream_complete');
@@ -36,7 +36,7 @@ export const options = {
     'http_req_duration{name:stream}': [`p(95)<${num('P95_MS', 2000)}`, `p(99)<${num('P99_MS', 5000)}`],
     stream_complete: ['rate>0.999'],
   },
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  summaryTrendStats: SUMMARY_STATS,
 };
 
 const streamHeaders = Object.assign({}, headers);
