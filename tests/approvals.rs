@@ -76,6 +76,16 @@ fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Res
     c.read_response()
 }
 
+/// A reviewer's decision (`approve` or `reject`) on held answer `id`.
+fn decide(s: &Setup, id: &str, verb: &str, body: Value) -> Response {
+    admin(
+        s.admin,
+        "POST",
+        &format!("/admin/approvals/{id}/{verb}"),
+        Some(body),
+    )
+}
+
 /// Waits until one answer is pending and returns it.
 fn pending(s: &Setup) -> Value {
     let mut found = Value::Null;
@@ -135,37 +145,14 @@ fn approved_answer_reaches_the_client_and_the_audit_names_the_reviewer() {
         .contains("Hello from the sluice mock model."));
     let id = held["id"].as_str().unwrap().to_owned();
     // A decision needs a reviewer's name.
-    assert_eq!(
-        admin(
-            s.admin,
-            "POST",
-            &format!("/admin/approvals/{id}/approve"),
-            Some(json!({}))
-        )
-        .status,
-        400
-    );
-    let ok = admin(
-        s.admin,
-        "POST",
-        &format!("/admin/approvals/{id}/approve"),
-        Some(json!({"by": "ana"})),
-    );
+    assert_eq!(decide(&s, &id, "approve", json!({})).status, 400);
+    let ok = decide(&s, &id, "approve", json!({"by": "ana"}));
     assert_eq!(ok.status, 200, "{}", ok.text());
     let resp = client.join().unwrap();
     assert_eq!(resp.status, 200);
     assert!(resp.text().contains("Hello from the sluice mock model."));
     // Decided once only.
-    assert_eq!(
-        admin(
-            s.admin,
-            "POST",
-            &format!("/admin/approvals/{id}/reject"),
-            Some(json!({"by": "bob"}))
-        )
-        .status,
-        404
-    );
+    assert_eq!(decide(&s, &id, "reject", json!({"by": "bob"})).status, 404);
     assert!(audit_decisions(&s.audit).contains("approval:approved:ana"));
 }
 
@@ -176,16 +163,7 @@ fn rejected_answer_is_a_403() {
     let client =
         std::thread::spawn(move || gw.request(&chat("m1", false, &[("authorization", &bearer())])));
     let id = pending(&s)["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        admin(
-            s.admin,
-            "POST",
-            &format!("/admin/approvals/{id}/reject"),
-            Some(json!({"by": "bob"}))
-        )
-        .status,
-        200
-    );
+    assert_eq!(decide(&s, &id, "reject", json!({"by": "bob"})).status, 200);
     let resp = client.join().unwrap();
     assert_openai_error(&resp, 403, "invalid_request_error", "rejected_by_reviewer");
     assert!(
@@ -228,12 +206,7 @@ fn streamed_answer_is_released_whole_after_approval() {
         "{held}"
     );
     let id = held["id"].as_str().unwrap().to_owned();
-    admin(
-        s.admin,
-        "POST",
-        &format!("/admin/approvals/{id}/approve"),
-        Some(json!({"by": "ana"})),
-    );
+    decide(&s, &id, "approve", json!({"by": "ana"}));
     let (head, events) = client.join().unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));

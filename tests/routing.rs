@@ -39,33 +39,35 @@ fn ok_chat(gw: &Gateway, model: &str, headers: &[(&str, &str)]) -> Response {
     resp
 }
 
-#[test]
-fn round_robin_spreads_evenly() {
+/// Sends `n` requests to a model on two mocks with `weights` and
+/// `balance`; returns how many each mock received.
+fn distribution(balance: &str, weights: (u32, u32), n: usize) -> (u64, u64) {
     let (a, b) = (Mock::start(), Mock::start());
     let cfg = Config::default()
         .upstream("a", &a.url())
         .upstream("b", &b.url())
-        .section(&model_toml("rr", &[("a", 1), ("b", 1)], "round_robin", ""));
+        .section(&model_toml(
+            "m",
+            &[("a", weights.0), ("b", weights.1)],
+            balance,
+            "",
+        ));
     let gw = Gateway::start(&cfg);
-    for _ in 0..20 {
-        ok_chat(&gw, "rr", &[]);
+    for _ in 0..n {
+        ok_chat(&gw, "m", &[]);
     }
-    assert_eq!((a.requests(), b.requests()), (10, 10));
+    (a.requests(), b.requests())
+}
+
+#[test]
+fn round_robin_spreads_evenly() {
+    assert_eq!(distribution("round_robin", (1, 1), 20), (10, 10));
 }
 
 #[test]
 fn weighted_follows_weights() {
-    let (a, b) = (Mock::start(), Mock::start());
-    let cfg = Config::default()
-        .upstream("a", &a.url())
-        .upstream("b", &b.url())
-        .section(&model_toml("w", &[("a", 3), ("b", 1)], "weighted", ""));
-    let gw = Gateway::start(&cfg);
-    for _ in 0..40 {
-        ok_chat(&gw, "w", &[]);
-    }
     // Smooth weighted round robin is exact per worker.
-    assert_eq!((a.requests(), b.requests()), (30, 10));
+    assert_eq!(distribution("weighted", (3, 1), 40), (30, 10));
 }
 
 #[test]
