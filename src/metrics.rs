@@ -2,7 +2,7 @@
 //! of metric handles: the request path increments handles it already holds
 //! (atomics), so it never looks a metric up in the shared registry.
 
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -235,6 +235,7 @@ pub struct WorkerMetrics {
     client_errors: RefCell<HashMap<&'static str, Counter>>,
     disconnects: RefCell<HashMap<&'static str, Counter>>,
     overhead: RefCell<Option<Histogram>>,
+    connections: std::cell::OnceCell<(Counter, Gauge)>,
     retries: RefCell<HashMap<&'static str, Counter>>,
     fallbacks: RefCell<HashMap<(u32, u32), Counter>>,
     experiments: RefCell<HashMap<(u32, u32, u16), Counter>>,
@@ -323,6 +324,25 @@ impl WorkerMetrics {
             .entry(value)
             .or_insert_with(|| counter!(name, label => value))
             .increment(1);
+    }
+
+    pub fn connection_opened(&self) {
+        let (accepted, active) = self.connection_handles();
+        accepted.increment(1);
+        active.increment(1.0);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connection_handles().1.decrement(1.0);
+    }
+
+    fn connection_handles(&self) -> &(Counter, Gauge) {
+        self.connections.get_or_init(|| {
+            (
+                counter!(CONNECTIONS_ACCEPTED_TOTAL),
+                gauge!(CONNECTIONS_ACTIVE),
+            )
+        })
     }
 
     pub fn retry(&self, reason: &'static str) {
@@ -460,15 +480,6 @@ pub fn tool_call_blocked() {
 /// A request from an address under brute-force throttling (rare).
 pub fn auth_throttled(action: &'static str) {
     counter!(AUTH_THROTTLED_TOTAL, "action" => action).increment(1);
-}
-
-pub fn connection_opened() {
-    counter!(CONNECTIONS_ACCEPTED_TOTAL).increment(1);
-    gauge!(CONNECTIONS_ACTIVE).increment(1.0);
-}
-
-pub fn connection_closed() {
-    gauge!(CONNECTIONS_ACTIVE).decrement(1.0);
 }
 
 pub fn worker_started(worker: usize, cpu: Option<usize>, driver: &'static str) {

@@ -73,7 +73,7 @@ enum HeadRead {
 }
 
 pub async fn serve_connection(mut worker: Rc<Worker>, stream: TcpStream, peer: std::net::IpAddr) {
-    crate::metrics::connection_opened();
+    worker.metrics.connection_opened();
     let mut io = ClientIo {
         stream,
         // Grown on first use and then kept: an idle keep-alive connection
@@ -143,7 +143,7 @@ pub async fn serve_connection(mut worker: Rc<Worker>, stream: TcpStream, peer: s
             rbuf.drain(..consumed);
         }
     }
-    crate::metrics::connection_closed();
+    worker.metrics.connection_closed();
 }
 
 /// Takes the client's `x-request-id` when it is a sane token, else makes one.
