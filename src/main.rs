@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tools of the response cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Run the mock OpenAI-compatible model server used by demos and tests.
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:18000")]
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         } => demo(listen, metrics_listen),
         Command::CheckConfig { file } => check_config(&file),
         Command::Audit { command } => audit(command),
+        Command::Cache { command } => cache(command),
         Command::HashKey { secret } => {
             use sha2::{Digest, Sha256};
             println!("{}", hex::encode(Sha256::digest(secret.as_bytes())));
@@ -143,6 +149,57 @@ enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Precision and recall of the embedder, alone and with the verifier, on
+    /// labelled pairs (JSON lines {"a","b","same"}) for a range of thresholds.
+    Eval {
+        pairs: PathBuf,
+        /// Take `[cache]` (embedder, similarity) from this configuration;
+        /// default: the local all-MiniLM-L6-v2 under var/models (`make models`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also list every pair with its similarity and the verifier's verdict.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn cache(command: CacheCommand) -> Result<(), String> {
+    use sluice::config::snapshot::EmbedderSettings;
+    let CacheCommand::Eval {
+        pairs,
+        config,
+        list,
+    } = command;
+    let (embedder, similarity) = match config {
+        Some(file) => {
+            let cfg = config::load_file(&file).map_err(|e| e.to_string())?;
+            let source = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+            let snapshot =
+                config::snapshot::Snapshot::build(&cfg, &source).map_err(|e| e.to_string())?;
+            let settings = snapshot
+                .cache
+                .ok_or_else(|| format!("{}: no [cache] section", file.display()))?;
+            let embedder = settings
+                .embedder
+                .ok_or_else(|| format!("{}: no [cache.embedder] section", file.display()))?;
+            (embedder, settings.similarity)
+        }
+        None => (
+            EmbedderSettings::Local {
+                model_dir: "var/models/all-minilm-l6-v2".into(),
+                onnxruntime: "var/models/onnxruntime/libonnxruntime.so".into(),
+            },
+            0.92,
+        ),
+    };
+    let report = sluice::pipeline::cache::eval::run(&embedder, &pairs, similarity, list)
+        .map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(())
 }
 
 fn audit(command: AuditCommand) -> Result<(), String> {

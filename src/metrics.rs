@@ -45,6 +45,15 @@ pub const PII_FINDINGS_TOTAL: &str = "sluice_pii_findings_total";
 pub const SAFETY_FINDINGS_TOTAL: &str = "sluice_safety_findings_total";
 pub const GUARD_SCANNED_BYTES_TOTAL: &str = "sluice_guard_scanned_bytes_total";
 pub const GUARD_SCAN_SECONDS: &str = "sluice_guard_scan_seconds";
+pub const CACHE_REQUESTS_TOTAL: &str = "sluice_cache_requests_total";
+pub const CACHE_SAVED_TOKENS_TOTAL: &str = "sluice_cache_saved_tokens_total";
+pub const CACHE_VERIFIER_REJECTIONS_TOTAL: &str = "sluice_cache_verifier_rejections_total";
+pub const CACHE_ENTRIES: &str = "sluice_cache_entries";
+pub const CACHE_STORES_TOTAL: &str = "sluice_cache_stores_total";
+pub const CACHE_QUEUE_FULL_TOTAL: &str = "sluice_cache_embed_queue_full_total";
+pub const CACHE_EMBED_BATCH: &str = "sluice_cache_embed_batch_size";
+pub const CACHE_EMBED_SECONDS: &str = "sluice_cache_embed_seconds";
+pub const CACHE_EMBED_FAILURES_TOTAL: &str = "sluice_cache_embed_failures_total";
 
 /// Label value for requests that never named a configured model.
 pub const NO_MODEL: &str = "none";
@@ -85,6 +94,31 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Cacheable requests by result (hit|semantic_hit|miss|bypass)."
+    );
+    describe_counter!(
+        CACHE_SAVED_TOKENS_TOTAL,
+        "Tokens (input and output) not generated because the cache answered."
+    );
+    describe_counter!(
+        CACHE_VERIFIER_REJECTIONS_TOTAL,
+        "Semantic candidates above the similarity refused by the verifier, by reason."
+    );
+    describe_gauge!(CACHE_ENTRIES, "Cached answers by kind (exact|semantic).");
+    describe_counter!(CACHE_STORES_TOTAL, "Answers stored in the cache, by kind.");
+    describe_counter!(
+        CACHE_QUEUE_FULL_TOTAL,
+        "Semantic lookups (op=lookup, served as misses) and stores (op=store, dropped) refused by a full embedding queue."
+    );
+    describe_histogram!(CACHE_EMBED_BATCH, "Texts embedded per model call.");
+    describe_histogram!(
+        CACHE_EMBED_SECONDS,
+        Unit::Seconds,
+        "Time per embedding batch."
+    );
+    describe_counter!(CACHE_EMBED_FAILURES_TOTAL, "Embedding batches that failed.");
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by model and HTTP status."

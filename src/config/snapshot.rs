@@ -28,6 +28,8 @@ pub enum SnapshotError {
     Address(&'static str, String),
     #[error("{0}")]
     Access(String),
+    #[error("cache.embedder.model: {0}")]
+    Cache(String),
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,39 @@ pub struct Snapshot {
     pub guard: Option<std::sync::Arc<crate::pipeline::guard::Guard>>,
     /// SHA-256 of the configuration file's text (for audit and logs).
     pub config_hash: String,
+    /// `[cache]`, resolved; None = no response cache.
+    pub cache: Option<CacheSettings>,
+}
+
+/// `[cache]` and `[cache.embedder]`, resolved (see pipeline/cache).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub exact: bool,
+    pub semantic: bool,
+    pub similarity: f32,
+    pub verify: super::Verify,
+    pub ttl_s: u64,
+    pub max_entries: usize,
+    pub max_temperature: f64,
+    pub persist: Option<std::path::PathBuf>,
+    pub embedder: Option<EmbedderSettings>,
+}
+
+/// Where the semantic cache's embeddings come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedderSettings {
+    Local {
+        model_dir: std::path::PathBuf,
+        onnxruntime: std::path::PathBuf,
+    },
+    /// `/v1/embeddings` of the first target of a `[[models]]` entry.
+    Upstream {
+        address: String,
+        path_prefix: String,
+        host_header: String,
+        authorization: Option<String>,
+        model: String,
+    },
 }
 
 impl Snapshot {
@@ -270,6 +305,11 @@ impl Snapshot {
         let models_json = models_list_json(&listed);
         let access =
             crate::pipeline::auth::Access::build(cfg, &listed).map_err(SnapshotError::Access)?;
+        let cache = cfg
+            .cache
+            .as_ref()
+            .map(|c| cache_settings(cfg, c, &models, &upstreams))
+            .transpose()?;
         Ok(Snapshot {
             server: settings,
             metrics_listen,
@@ -307,6 +347,7 @@ impl Snapshot {
                 .map_err(SnapshotError::Guard)?
                 .map(std::sync::Arc::new),
             config_hash: hex::encode(Sha256::digest(source.as_bytes())),
+            cache,
         })
     }
 }
@@ -332,6 +373,59 @@ pub fn models_list_json(names: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data })).unwrap_or_default()
 }
 
+/// `[cache]` resolved against the models and upstreams it names.
+fn cache_settings(
+    cfg: &Config,
+    c: &super::CacheConfig,
+    models: &[ModelRoute],
+    upstreams: &[UpstreamSpec],
+) -> Result<CacheSettings, SnapshotError> {
+    let embedder = match &c.embedder {
+        None => None,
+        Some(e) => Some(match e.kind {
+            super::EmbedderKind::Local => EmbedderSettings::Local {
+                model_dir: cfg.resolve(e.model_dir.as_deref().unwrap_or(std::path::Path::new(""))),
+                onnxruntime: cfg
+                    .resolve(e.onnxruntime.as_deref().unwrap_or(std::path::Path::new(""))),
+            },
+            super::EmbedderKind::Upstream => {
+                let name = e.model.as_deref().unwrap_or_default();
+                let route = models
+                    .iter()
+                    .find(|m| &*m.name == name)
+                    .ok_or_else(|| SnapshotError::Cache(format!("no model {name}")))?;
+                let spec = route
+                    .targets
+                    .first()
+                    .map(|&t| &upstreams[t])
+                    .ok_or_else(|| SnapshotError::Cache(format!("{name} has no target")))?;
+                EmbedderSettings::Upstream {
+                    address: spec.addr.to_string(),
+                    path_prefix: spec.path_prefix.to_string(),
+                    host_header: spec.host_header.to_string(),
+                    authorization: spec.authorization.as_deref().map(str::to_owned),
+                    model: route
+                        .rewrite_to
+                        .as_deref()
+                        .unwrap_or(&route.name)
+                        .to_owned(),
+                }
+            }
+        }),
+    };
+    Ok(CacheSettings {
+        exact: c.exact.unwrap_or(true),
+        semantic: embedder.is_some() && c.semantic.unwrap_or(true),
+        similarity: c.similarity as f32,
+        verify: c.verify,
+        ttl_s: c.ttl_s,
+        max_entries: c.max_entries as usize,
+        max_temperature: c.max_temperature,
+        persist: c.persist.as_deref().map(|p| cfg.resolve(p)),
+        embedder,
+    })
+}
+
 /// Sections and keys of the configuration contract whose features this
 /// build does not implement yet, each named as it appears in the file.
 pub fn not_built(cfg: &Config) -> Vec<String> {
@@ -347,15 +441,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         "cluster",
         "shared limits through Redis",
     );
-    section(cfg.cache.is_some(), "cache", "response cache");
-    for (i, t) in cfg.teams.iter().enumerate() {
-        let limits = [(t.cache.is_some(), "cache (response cache)")];
-        for (present, what) in limits {
-            if present {
-                out.push(format!("teams[{i}].{what}"));
-            }
-        }
-    }
     for (i, u) in cfg.upstreams.iter().enumerate() {
         if u.url.to_ascii_lowercase().starts_with("https://") {
             out.push(format!("upstreams[{i}].url https:// (TLS to upstreams)"));

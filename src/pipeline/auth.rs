@@ -79,6 +79,9 @@ pub struct Team {
     /// Rate limits and budget of the team (`rpm`, `tpm`,
     /// `max_concurrent`, `budget`, `alert_at`); None = unlimited.
     pub controls: Option<Arc<super::account::Controls>>,
+    /// `cache`: may this team's requests be answered from (and stored in)
+    /// the response cache.
+    pub cache: bool,
 }
 
 impl Team {
@@ -337,6 +340,7 @@ fn build_team(index: usize, t: &TeamConfig, agents: &[AgentConfig], models: &[&s
     Team {
         name: t.name.as_str().into(),
         index,
+        cache: t.cache.unwrap_or(false),
         regions: t
             .regions
             .as_ref()
@@ -665,6 +669,7 @@ pub fn test_team(agent: Option<&AgentConfig>) -> Team {
         pii_policy: None,
         audit_detail: None,
         controls: None,
+        cache: false,
     }
 }
 

@@ -2,13 +2,14 @@
 //! in its own module (docs/architecture.md lists them): audit gate, auth,
 //! parse, authorize, agents, guard, route, limits, then the attempt loop
 //! (upstream, relay, retries and fallbacks), accounting and the audit
-//! record. The response cache will slot in before routing.
+//! record. The response cache answers after the limits, before routing.
 
 pub mod account;
 pub mod agent;
 pub mod approve;
 pub mod auth;
 pub mod authorize;
+pub mod cache;
 pub mod filter;
 pub mod guard;
 pub mod jwt;
@@ -93,12 +94,19 @@ pub async fn run(
     }
     // guard: PII and content safety on the text that reaches the model.
     let mut pii_findings = Vec::new();
+    // Answers to requests carrying pseudonyms hold this client's own values
+    // once they are put back: never cached.
+    let mut pseudonymized = false;
     if let Some(guard) = &snapshot.guard {
         let team_policy = principal
             .as_ref()
             .and_then(|p| p.team.pii_policy.as_deref());
         match guard.inspect_request(&worker.guard, team_policy, req.body) {
             Ok(inspection) => {
+                pseudonymized = !inspection.findings.is_empty()
+                    && guard
+                        .policy(team_policy)
+                        .is_some_and(|p| p.action == crate::config::PiiAction::Pseudonymize);
                 if let Some(rewritten) = inspection.body {
                     body = Cow::Owned(rewritten);
                 }
@@ -181,6 +189,40 @@ pub async fn run(
     if admission.as_ref().is_some_and(|a| a.has_budget()) && facts.stream {
         tally.cap_bytes.set(worst.output.saturating_mul(4));
     }
+    // cache: an answer stored for the same team and model; a miss records
+    // the answer on its way out (the last filter) to store it.
+    let mut cache_header: &[u8] = b"";
+    let mut cache_pending = None;
+    let mut cached = None;
+    if let (Some(settings), Some(cache), Endpoint::ChatCompletions) =
+        (&snapshot.cache, worker.shared.cache.get(), endpoint)
+    {
+        let bypass = pseudonymized
+            || principal.as_ref().is_some_and(|p| !p.team.cache)
+            || req
+                .header("x-sluice-cache")
+                .is_some_and(|v| crate::http::head::trim(v).eq_ignore_ascii_case(b"bypass"));
+        let consulted = if bypass {
+            cache.bypass()
+        } else {
+            let ns = cache::Namespace {
+                team: principal
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |p| p.team.name.clone()),
+                model: (*snapshot.models[asked].name).into(),
+            };
+            cache.consult(settings, ns, &body).await
+        };
+        match consulted {
+            cache::Consulted::Hit(hit) => cached = Some(hit),
+            cache::Consulted::Miss(pending) => {
+                cache_header = cache::Outcome::Miss.header();
+                filters.push(cache::answer::Recorder::into(pending.recording.clone()));
+                cache_pending = Some((cache, settings, pending));
+            }
+            cache::Consulted::Bypass => cache_header = cache::Outcome::Bypass.header(),
+        }
+    }
     let resilience = &snapshot.resilience;
     let states = &*worker.upstreams;
     let router = &worker.router;
@@ -191,88 +233,99 @@ pub async fn run(
     let mut retries = 0u32;
     let mut last_error: Option<GatewayError> = None;
     let mut decisions: Vec<String> = Vec::new();
-    let answered_by;
-    let relayed = loop {
-        let upstream = loop {
-            if let Some(u) = router.pick(snapshot, states, model, &mut tried, reach) {
-                break Some(u);
-            }
-            match chain.next() {
-                Some(next) => model = next,
-                None => break None,
-            }
-        };
-        let Some(upstream) = upstream else {
-            let error = last_error.take().unwrap_or_else(|| {
-                GatewayError::NoUpstream(snapshot.models[asked].name.to_string())
+    let mut answered_by = None;
+    let relayed = if let Some(hit) = cached {
+        if audit.is_some() {
+            decisions.push(match hit.similarity {
+                Some(s) => format!("cache:semantic-hit:{s:.4}"),
+                None => "cache:hit".into(),
             });
-            return refuse(worker, io, req, &error).await;
-        };
-        let mut after = tried.clone();
-        after.push(upstream);
-        let elsewhere = router.has_target(snapshot, states, model, &after, reach)
-            || chain
-                .clone()
-                .any(|m| router.has_target(snapshot, states, m, &after, reach));
-        let may_retry = elsewhere && retries < resilience.retries && router.can_retry();
-        let route = &snapshot.models[model];
-        build_upstream_request(
-            &mut io.upstream_buf,
-            req,
-            &body,
-            &io.request_id,
-            &snapshot.upstreams[upstream],
-            route,
-        );
-        let hold = principal.as_ref().and_then(|p| {
-            let rule = approve::rule_for(&snapshot.approvals, &p.team.name, &route.name)?;
-            Some(relay::Hold {
-                rule,
-                team: &p.team.name,
-                key: p.key_id(),
-                model: &route.name,
-            })
-        });
-        let attempt = relay::Attempt {
-            defer_last_byte: audit
-                .is_some_and(|log| log.settings.fsync == crate::config::Fsync::Always),
-            hold,
-            upstream,
-            may_retry,
-            served_model: (model != asked || experiment.is_some()).then_some(&*route.name),
-            limit_headers: &limit_headers,
-        };
-        let state = states.get(upstream);
-        state.inflight.fetch_add(1, Relaxed);
-        let forwarded = relay::forward(worker, io, req, attempt, &mut filters).await;
-        state.inflight.fetch_sub(1, Relaxed);
-        match forwarded {
-            Forwarded::Answered(relayed) => {
-                answered_by = upstream;
-                record_attempt(worker, upstream, relayed.upstream_outcome, relayed.ttfb);
-                break relayed;
-            }
-            Forwarded::Retry { outcome, error, .. } => {
-                record_attempt(worker, upstream, outcome, None);
-                tried.push(upstream);
-                retries += 1;
-                router.spend_retry();
-                worker.metrics.retry(outcome);
-                if audit.is_some() {
-                    decisions.push(format!(
-                        "retry:{}:{outcome}",
-                        snapshot.upstreams[upstream].name
-                    ));
+        }
+        answer_from_cache(worker, io, req, &hit, facts.stream, &limit_headers).await
+    } else {
+        loop {
+            let upstream = loop {
+                if let Some(u) = router.pick(snapshot, states, model, &mut tried, reach) {
+                    break Some(u);
                 }
-                tracing::info!(request_id = %String::from_utf8_lossy(&io.request_id), upstream = %snapshot.upstreams[upstream].name, outcome, "retrying on another target");
-                last_error = Some(error);
-                // Exponential backoff with full jitter.
-                let ceiling = resilience
-                    .backoff
-                    .saturating_mul(1 << (retries - 1).min(10));
-                let wait = ceiling.mul_f64((router.random() % 1000) as f64 / 1000.0);
-                if !wait.is_zero() {
-                    monoio::time::sleep(wait).await;
+                match chain.next() {
+                    Some(next) => model = next,
+                    None => break None,
+                }
+            };
+            let Some(upstream) = upstream else {
+                let error = last_error.take().unwrap_or_else(|| {
+                    GatewayError::NoUpstream(snapshot.models[asked].name.to_string())
+                });
+                return refuse(worker, io, req, &error).await;
+            };
+            let mut after = tried.clone();
+            after.push(upstream);
+            let elsewhere = router.has_target(snapshot, states, model, &after, reach)
+                || chain
+                    .clone()
+                    .any(|m| router.has_target(snapshot, states, m, &after, reach));
+            let may_retry = elsewhere && retries < resilience.retries && router.can_retry();
+            let route = &snapshot.models[model];
+            build_upstream_request(
+                &mut io.upstream_buf,
+                req,
+                &body,
+                &io.request_id,
+                &snapshot.upstreams[upstream],
+                route,
+            );
+            let hold = principal.as_ref().and_then(|p| {
+                let rule = approve::rule_for(&snapshot.approvals, &p.team.name, &route.name)?;
+                Some(relay::Hold {
+                    rule,
+                    team: &p.team.name,
+                    key: p.key_id(),
+                    model: &route.name,
+                })
+            });
+            let attempt = relay::Attempt {
+                defer_last_byte: audit
+                    .is_some_and(|log| log.settings.fsync == crate::config::Fsync::Always),
+                hold,
+                upstream,
+                may_retry,
+                served_model: (model != asked || experiment.is_some()).then_some(&*route.name),
+                limit_headers: &limit_headers,
+                cache_header,
+            };
+            let state = states.get(upstream);
+            state.inflight.fetch_add(1, Relaxed);
+            let forwarded = relay::forward(worker, io, req, attempt, &mut filters).await;
+            state.inflight.fetch_sub(1, Relaxed);
+            match forwarded {
+                Forwarded::Answered(relayed) => {
+                    answered_by = Some(upstream);
+                    record_attempt(worker, upstream, relayed.upstream_outcome, relayed.ttfb);
+                    break relayed;
+                }
+                Forwarded::Retry { outcome, error, .. } => {
+                    record_attempt(worker, upstream, outcome, None);
+                    tried.push(upstream);
+                    retries += 1;
+                    router.spend_retry();
+                    worker.metrics.retry(outcome);
+                    if audit.is_some() {
+                        decisions.push(format!(
+                            "retry:{}:{outcome}",
+                            snapshot.upstreams[upstream].name
+                        ));
+                    }
+                    tracing::info!(request_id = %String::from_utf8_lossy(&io.request_id), upstream = %snapshot.upstreams[upstream].name, outcome, "retrying on another target");
+                    last_error = Some(error);
+                    // Exponential backoff with full jitter.
+                    let ceiling = resilience
+                        .backoff
+                        .saturating_mul(1 << (retries - 1).min(10));
+                    let wait = ceiling.mul_f64((router.random() % 1000) as f64 / 1000.0);
+                    if !wait.is_zero() {
+                        monoio::time::sleep(wait).await;
+                    }
                 }
             }
         }
@@ -318,6 +371,12 @@ pub async fn run(
         let tokens = usage.map_or(0, |u| u.input + u.output);
         admission.settle(&snapshot.billing, tokens, cost);
     }
+    if let Some((cache, settings, pending)) = cache_pending {
+        if status == 200 && relayed.upstream_outcome == "ok" {
+            let tokens = usage.map_or((0, 0), |u| (u.input, u.output));
+            cache.store(settings, pending, tokens);
+        }
+    }
     if let Some(ttft) = relayed.time_to_first_event {
         metrics.time_to_first_token(model_key, &route.name, ttft.as_secs_f64());
     }
@@ -355,7 +414,7 @@ pub async fn run(
             user: principal.as_ref().and_then(|p| p.user.as_deref()),
             model_asked: Some(authorize::client_name(snapshot, facts.model)),
             model: Some(&route.name),
-            upstream: Some(&snapshot.upstreams[answered_by].name),
+            upstream: answered_by.map(|u| &*snapshot.upstreams[u].name),
             experiment: experiment.map(|e| &*snapshot.experiments[e].name),
             variant: experiment.map(|_| &*snapshot.models[asked].name),
             stream: facts.stream,
@@ -393,6 +452,43 @@ pub async fn run(
         store.record_request(p, &route.name, tokens, (cost, estimated));
     }
     relayed.outcome
+}
+
+/// Answers from the cache: the replayed answer with the cache headers
+/// and the request's limit headers; no upstream, no tokens.
+async fn answer_from_cache(
+    worker: &Worker,
+    io: &mut ClientIo,
+    req: &Request<'_>,
+    hit: &cache::Hit,
+    stream: bool,
+    limit_headers: &[u8],
+) -> relay::Relayed {
+    let keep_alive = req.keep_alive && !worker.is_draining();
+    io.wbuf.clear();
+    cache::hit_response(
+        &mut io.wbuf,
+        hit,
+        stream,
+        &io.request_id,
+        keep_alive,
+        limit_headers,
+    );
+    let written = crate::http::io::write_all_clear(&mut io.stream, &mut io.wbuf)
+        .await
+        .is_ok();
+    relay::Relayed {
+        outcome: Outcome {
+            status: if written { 200 } else { relay::CLIENT_CLOSED },
+            keep_alive: keep_alive && written,
+        },
+        upstream_time: Duration::ZERO,
+        upstream_outcome: "cache",
+        usage: Some(relay::Usage::default()),
+        time_to_first_event: None,
+        approval: None,
+        ttfb: None,
+    }
 }
 
 /// Feeds one attempt's result to the upstream's breaker, latency average

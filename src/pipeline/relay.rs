@@ -61,6 +61,8 @@ pub struct Attempt<'a> {
     /// Rendered `x-ratelimit-remaining-*` header lines of sluice's own
     /// limits (empty = none); they replace the upstream's.
     pub limit_headers: &'a [u8],
+    /// The `x-sluice-cache` header line (empty when the cache is off).
+    pub cache_header: &'a [u8],
     /// Hold the complete answer for a reviewer (`[[approvals]]`).
     pub hold: Option<Hold<'a>>,
     /// Keep the answer's last byte in `io.deferred` for the pipeline to
@@ -205,6 +207,7 @@ pub async fn forward(
         may_retry: attempt.may_retry,
         served_model: attempt.served_model,
         limit_headers: attempt.limit_headers,
+        cache_header: attempt.cache_header,
         hold: attempt.hold,
         defer_last_byte: attempt.defer_last_byte,
         approval: Default::default(),
@@ -297,7 +300,7 @@ fn client_head(
     head: &ResponseHead,
     upstream_name: &str,
     served_model: Option<&str>,
-    limit_headers: &[u8],
+    [limit_headers, cache_header]: [&[u8]; 2],
 ) {
     out.clear();
     response::status_line(out, head.status);
@@ -319,6 +322,7 @@ fn client_head(
         response::header(out, b"x-sluice-model", model.as_bytes());
     }
     out.extend_from_slice(limit_headers);
+    out.extend_from_slice(cache_header);
 }
 
 /// Token counts from a JSON object's top-level `usage`.
@@ -349,6 +353,7 @@ struct Relay<'a> {
     may_retry: bool,
     served_model: Option<&'a str>,
     limit_headers: &'a [u8],
+    cache_header: &'a [u8],
     hold: Option<Hold<'a>>,
     defer_last_byte: bool,
     approval: std::cell::Cell<Option<String>>,
@@ -472,7 +477,7 @@ impl Relay<'_> {
             &head,
             &self.spec.name,
             self.served_model,
-            self.limit_headers,
+            [self.limit_headers, self.cache_header],
         );
         let mut reader = BodyReader::new(&head);
         io.relay_buf.clear();
@@ -578,7 +583,7 @@ impl Relay<'_> {
             &head,
             &self.spec.name,
             self.served_model,
-            self.limit_headers,
+            [self.limit_headers, self.cache_header],
         );
         if chunked {
             response::common_headers(&mut pending_head, &io.request_id, keep_alive, None);

@@ -39,6 +39,8 @@ pub enum RuntimeError {
     },
     #[error("cannot start thread: {0}")]
     Thread(String),
+    #[error("response cache: {0}")]
+    Cache(String),
     #[error("metrics listener on {addr}: {reason}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -77,6 +79,9 @@ pub struct Shared {
     /// The audit log's writer handle, when `[audit]` is set (opened by
     /// `Gateway::start_shared`).
     pub audit: std::sync::OnceLock<Arc<crate::audit::AuditLog>>,
+    /// The response cache, when `[cache]` is set (opened by
+    /// `Gateway::start_shared`; kept across reloads, saved at shutdown).
+    pub cache: std::sync::OnceLock<Arc<crate::pipeline::cache::Cache>>,
     /// Answers held for a reviewer (`[[approvals]]`), shared with the
     /// admin API.
     pub approvals: crate::pipeline::approve::Approvals,
@@ -102,6 +107,7 @@ impl Shared {
             reload_lock: std::sync::Mutex::new(()),
             keys: arc_swap::ArcSwap::from_pointee(keys),
             store: std::sync::OnceLock::new(),
+            cache: std::sync::OnceLock::new(),
             dynamic_keys: std::sync::Mutex::new(Vec::new()),
             audit: std::sync::OnceLock::new(),
             approvals: Default::default(),
@@ -254,6 +260,11 @@ impl Gateway {
             })?;
             let _ = shared.audit.set(log);
         }
+        if let Some(settings) = &snapshot.cache {
+            let cache = crate::pipeline::cache::Cache::open(settings)
+                .map_err(|e| RuntimeError::Cache(e.to_string()))?;
+            let _ = shared.cache.set(cache);
+        }
         crate::upstream::health::spawn_checker(
             snapshot.upstreams.clone(),
             generation.upstreams.clone(),
@@ -342,6 +353,14 @@ impl Gateway {
         self.begin_drain();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        // With the workers gone, nothing is stored any more: save the cache.
+        if let Some(cache) = self.shared.cache.get() {
+            match cache.save() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "cache saved"),
+                Err(e) => tracing::error!(error = %e, "cache not saved"),
+            }
         }
     }
 }

@@ -8,7 +8,8 @@
 //! What a reload can change: models, experiments, upstreams, teams, keys,
 //! agents, guard policies, resilience, alerts. What needs a restart (a
 //! reload that changes it is refused): `[server]` listen/workers/io/
-//! pin_cores, `[metrics]`, `[audit]`, `[admin]`, `[store]`.
+//! pin_cores, `[metrics]`, `[audit]`, `[admin]`, `[store]`, and of `[cache]`
+//! its presence, embedder, `max_entries` and `persist` (its rules reload).
 //!
 //! When the upstream list changed (any field of any upstream), the shared
 //! upstream state is built anew: breakers, health verdicts and latency
@@ -104,6 +105,16 @@ impl Shared {
         }
         if format!("{:?}", before.audit) != format!("{:?}", snapshot.audit) {
             fixed.push("[audit]");
+        }
+        // The cache's rules (similarity, verify, ttl_s, max_temperature,
+        // exact, semantic) apply at the next request; what it was opened
+        // with (its presence, embedder, bounds, persist) needs a restart.
+        let opened = |c: &Option<crate::config::snapshot::CacheSettings>| {
+            c.as_ref()
+                .map(|c| (c.embedder.clone(), c.max_entries, c.persist.clone()))
+        };
+        if opened(&before.cache) != opened(&snapshot.cache) {
+            fixed.push("[cache] (presence, embedder, max_entries, persist)");
         }
         if !fixed.is_empty() {
             return Err(format!(
