@@ -18,7 +18,7 @@ build: deps-build
 release: deps-build
 	$(CARGO) build --release --locked
 
-demo: release
+demo: release models
 	./target/release/sluice demo
 
 # One debug build serves the unit tests, the integration tests and the SDK
@@ -36,7 +36,7 @@ lint:
 deps-build:
 	@test -e /usr/include/hs/hs.h || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libhyperscan-dev)
 
-deps-test: deps-build
+deps-test: deps-build models
 	@$(PYTHON) -c 'import openai' 2>/dev/null || $(PYTHON) -m pip install --quiet openai
 
 deps-load:

@@ -300,6 +300,7 @@ targets = [{ upstream = "mock-gpu" }]
 [[teams]]
 name = "demo"
 allowed_models = ["*"]
+cache = true
 
 [[keys]]
 id = "demo"
@@ -307,6 +308,23 @@ team = "demo"
 user = "demo-user"
 sha256 = "1c590839af894cf25f9a5fe06929af05b377f60efbe55508ef93d251887b9213"   # "sk-sluice-demo"
 "#;
+
+/// The demo's response cache: exact always; semantic too when the local
+/// embedding model is in var/models (`make models`, which `make demo` runs).
+fn demo_cache() -> String {
+    let models = std::path::Path::new("var/models");
+    let model_dir = models.join("all-minilm-l6-v2");
+    let runtime = models.join("onnxruntime/libonnxruntime.so");
+    if model_dir.join("model.onnx").exists() && runtime.exists() {
+        format!(
+            "\n[cache]\n\n[cache.embedder]\nkind = \"local\"\nmodel_dir = {:?}\nonnxruntime = {:?}\n",
+            model_dir.display().to_string(),
+            runtime.display().to_string()
+        )
+    } else {
+        "\n[cache]\nsemantic = false\n".into()
+    }
+}
 
 /// The secret of the demo's API key (its SHA-256 is in [`DEMO_CONFIG`]).
 const DEMO_KEY: &str = "sk-sluice-demo";
@@ -320,7 +338,8 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     let source = DEMO_CONFIG
         .replace("LISTEN", &listen.to_string())
         .replace("METRICS", &metrics_listen.to_string())
-        .replace("MOCK", &mock.to_string());
+        .replace("MOCK", &mock.to_string())
+        + &demo_cache();
     let cfg = config::parse_str(&source, std::path::Path::new(".")).map_err(|e| e.to_string())?;
     let snapshot = Snapshot::build(&cfg, &source).map_err(|e| e.to_string())?;
     let demo_cfg = cfg;
@@ -336,6 +355,11 @@ fn demo(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), String> {
     );
     println!("    -d '{{\"model\":\"llama-3.1-8b\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'");
     println!("  curl -s http://{listen}/v1/models -H 'authorization: Bearer {DEMO_KEY}'");
+    println!("Cache (temperature 0; run twice, or rephrase, and watch x-sluice-cache):");
+    println!(
+        "  curl -si http://{listen}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' -H 'content-type: application/json' \\"
+    );
+    println!("    -d '{{\"model\":\"llama-3.1-8b\",\"temperature\":0,\"messages\":[{{\"role\":\"user\",\"content\":\"How do I reset my password?\"}}]}}'");
     println!("SDKs: OPENAI_BASE_URL=http://{listen}/v1 OPENAI_API_KEY={DEMO_KEY}; the key is never sent upstream.");
     run_gateway(snapshot, &demo_cfg, None)
 }

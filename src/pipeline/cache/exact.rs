@@ -9,6 +9,7 @@ use super::Namespace;
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 /// Most shards; fewer when the bound is small, so that small bounds are
@@ -20,6 +21,9 @@ pub struct ExactCache {
     /// Entries per namespace in one shard (the namespace bound / shards).
     per_shard: NonZeroUsize,
     ttl_s: u64,
+    /// Entries held, kept by `put` and expiry (for the gauge, without
+    /// locking every shard).
+    count: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -36,6 +40,7 @@ impl ExactCache {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
             ttl_s,
+            count: Default::default(),
         }
     }
 
@@ -52,30 +57,31 @@ impl ExactCache {
         let answer = entries.get(key)?.clone();
         if now.saturating_sub(answer.stored_at) >= self.ttl_s {
             entries.pop(key);
+            self.count.fetch_sub(1, Relaxed);
             return None;
         }
         Some(answer)
     }
 
-    pub fn put(&self, ns: &Namespace, key: [u8; 32], answer: Arc<Answer>) {
+    /// Stores an answer; returns the number of entries now held.
+    pub fn put(&self, ns: &Namespace, key: [u8; 32], answer: Arc<Answer>) -> usize {
         let per_shard = self.per_shard;
         let mut shard = self.shard(&key);
-        shard
+        let pushed_out = shard
             .namespaces
             .entry(ns.clone())
             .or_insert_with(|| LruCache::new(per_shard))
-            .put(key, answer);
+            .push(key, answer);
+        // None: one more; Some: the same key replaced, or another evicted.
+        if pushed_out.is_none() {
+            return self.count.fetch_add(1, Relaxed) + 1;
+        }
+        self.count.load(Relaxed)
     }
 
-    /// Entries held (all namespaces), for the entries gauge.
+    /// Entries held (all namespaces).
     pub fn entry_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-                shard.namespaces.values().map(LruCache::len).sum::<usize>()
-            })
-            .sum()
+        self.count.load(Relaxed)
     }
 
     /// Every live entry, oldest use first (for `persist`).

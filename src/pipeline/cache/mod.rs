@@ -132,8 +132,12 @@ impl Cache {
         let semantic = match (&settings.embedder, settings.semantic) {
             (Some(e), true) => {
                 let embedder = embed::Embedder::load(e)?;
-                let started = SemanticCache::start(embedder, settings.max_entries, metrics.clone())
-                    .map_err(|e| CacheError::Model(format!("embedding thread: {e}")))?;
+                let started = SemanticCache::start(
+                    embedder,
+                    (settings.max_entries, settings.ttl_s),
+                    metrics.clone(),
+                )
+                .map_err(|e| CacheError::Model(format!("embedding thread: {e}")))?;
                 Some(started)
             }
             _ => None,
@@ -323,11 +327,6 @@ impl Cache {
             semantic.restore(entries);
         }
         Ok(restored)
-    }
-
-    /// Refreshes the entry gauges (called from the metrics scrape path).
-    pub fn report(&self) {
-        self.metrics.exact_entries(self.exact.entry_count());
     }
 }
 

@@ -93,7 +93,7 @@ impl SemanticCache {
     /// Starts the embedding thread with a loaded embedder.
     pub fn start(
         embedder: Embedder,
-        max_entries: usize,
+        (max_entries, max_ttl_s): (usize, u64),
         metrics: Arc<CacheMetrics>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE);
@@ -105,6 +105,7 @@ impl SemanticCache {
                     spaces: HashMap::new(),
                     verifier: Verifier::new(),
                     max_entries,
+                    max_ttl_s,
                     metrics,
                     dimensions: 0,
                 }
@@ -143,6 +144,9 @@ struct Thread {
     spaces: HashMap<Namespace, Space>,
     verifier: Verifier,
     max_entries: usize,
+    /// The TTL the cache was opened with (sweeps); lookups apply the
+    /// current snapshot's.
+    max_ttl_s: u64,
     metrics: Arc<CacheMetrics>,
     dimensions: usize,
 }
@@ -183,7 +187,7 @@ impl Thread {
             }
             if last_sweep.elapsed() >= Duration::from_secs(10) {
                 last_sweep = Instant::now();
-                self.report();
+                self.sweep();
             }
         }
     }
@@ -254,6 +258,7 @@ impl Thread {
                 Job::Restore(entries) => self.restore(entries),
             }
         }
+        self.report();
     }
 
     /// The best candidate of the same scope that reaches the similarity
@@ -397,6 +402,24 @@ impl Thread {
             };
             self.store(ns, saved.scope, saved.question, &saved.vector, answer);
         }
+    }
+
+    /// Drops entries past the longest TTL a lookup may use, so an idle
+    /// namespace does not hold dead answers until it is full.
+    fn sweep(&mut self) {
+        let now = now_s();
+        let ttl = self.max_ttl_s;
+        for space in self.spaces.values_mut() {
+            let dead: Vec<u64> = space
+                .entries
+                .iter()
+                .filter(|(_, e)| now.saturating_sub(e.answer.stored_at) >= ttl)
+                .map(|(&label, _)| label)
+                .collect();
+            for label in dead {
+                space.remove(label);
+            }
+        }
         self.report();
     }
 
@@ -406,15 +429,22 @@ impl Thread {
     }
 }
 
+/// An empty HNSW index as the cache uses it: cosine, vectors stored as
+/// f16 (half the memory of f32; similarity error around 1e-3), usearch's
+/// default connectivity and expansion.
+pub fn new_index(dimensions: usize) -> Option<usearch::Index> {
+    let options = usearch::IndexOptions {
+        dimensions,
+        metric: usearch::MetricKind::Cos,
+        quantization: usearch::ScalarKind::F16,
+        ..Default::default()
+    };
+    usearch::Index::new(&options).ok()
+}
+
 impl Space {
     fn new(dimensions: usize) -> Option<Self> {
-        let options = usearch::IndexOptions {
-            dimensions,
-            metric: usearch::MetricKind::Cos,
-            quantization: usearch::ScalarKind::F16,
-            ..Default::default()
-        };
-        let index = usearch::Index::new(&options).ok()?;
+        let index = new_index(dimensions)?;
         index.reserve(1024).ok()?;
         Some(Self {
             index,
