@@ -137,3 +137,65 @@ fn classify(e: monoio_rustls::TlsError) -> HandshakeFailure {
         None => HandshakeFailure::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::test_pki::Pki;
+
+    #[test]
+    fn loads_a_certificate_and_its_key() {
+        let pki = Pki::new("server-ok");
+        let (cert, key) = pki.leaf("a");
+        let tls = ServerTls::load(&cert, &key).unwrap();
+        assert_eq!(tls.fingerprint.len(), 64);
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let (cert_b, _) = pki.leaf("b");
+        let mismatch = ServerTls::load(&cert_b, &key).unwrap_err();
+        assert!(
+            matches!(mismatch, TlsError::KeyMismatch { .. }),
+            "{mismatch:?}"
+        );
+    }
+
+    #[test]
+    fn names_the_file_and_what_is_wrong() {
+        let pki = Pki::new("server-bad");
+        let (cert, key) = pki.leaf("a");
+        let missing = pki.path("missing.pem");
+        let e = ServerTls::load(&missing, &key).unwrap_err();
+        assert!(matches!(e, TlsError::Cert { .. }), "{e:?}");
+        assert!(e.to_string().contains("missing.pem: cannot read"), "{e}");
+
+        let no_cert = pki.write("nocert.pem", "just text\n");
+        let e = ServerTls::load(&no_cert, &key).unwrap_err();
+        assert!(e.to_string().contains("no certificate found"), "{e}");
+
+        // A key file given as the certificate and the other way round.
+        let e = ServerTls::load(&cert, &cert).unwrap_err();
+        assert!(matches!(e, TlsError::Key { .. }), "{e:?}");
+        assert!(e.to_string().contains("no private key found"), "{e}");
+
+        let broken = pki.write(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        );
+        let e = ServerTls::load(&broken, &key).unwrap_err();
+        assert!(matches!(e, TlsError::Cert { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn ca_files_must_hold_usable_certificates() {
+        let pki = Pki::new("ca");
+        assert!(crate::tls::client::load_ca_file(&pki.ca_pem).is_ok());
+        let (_, key) = pki.leaf("a");
+        let e = crate::tls::client::load_ca_file(&key).unwrap_err();
+        assert!(matches!(e, TlsError::CaFile { .. }), "{e:?}");
+        let garbage = pki.write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let e = crate::tls::client::load_ca_file(&garbage).unwrap_err();
+        assert!(e.to_string().contains("not usable"), "{e}");
+    }
+}
