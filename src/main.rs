@@ -376,6 +376,7 @@ fn run_gateway(
         workers = gateway.drivers.len(),
         drivers = ?gateway.drivers,
         config_sha256 = %snapshot.config_hash,
+        tls_cert_sha256 = ?snapshot.server.tls.as_ref().map(|t| &t.fingerprint),
         fd_limit,
         "sluice ready"
     );
