@@ -13,4 +13,5 @@ pub mod mock;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 pub mod upstream;

@@ -13,8 +13,16 @@ use std::sync::Arc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The package version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SLUICE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "An AI gateway appliance")]
+#[command(name = "sluice", version = VERSION, about = "An AI gateway appliance")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,6 +75,12 @@ enum Command {
         /// Status for error mode (x-mock-status)
         #[arg(long, default_value_t = 500)]
         status: u16,
+        /// Serve TLS with this certificate chain (PEM); needs --tls-key
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -94,18 +108,27 @@ fn main() -> ExitCode {
             delay_ms,
             first_delay_ms,
             status,
-        } => {
+            tls_cert,
+            tls_key,
+        } => match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => sluice::tls::ServerTls::load(&cert, &key)
+                .map(|tls| Some(Arc::new(tls)))
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        }
+        .and_then(|tls| {
             let defaults = MockDefaults {
                 mode,
                 chunks,
                 delay_ms,
                 first_delay_ms,
                 status,
+                tls,
                 ..MockDefaults::default()
             };
             sluice::mock::run(listen, defaults)
                 .map_err(|e| format!("mock upstream on {listen}: {e}"))
-        }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -434,6 +457,7 @@ fn run_gateway(
         workers = gateway.drivers.len(),
         drivers = ?gateway.drivers,
         config_sha256 = %snapshot.config_hash,
+        tls_cert_sha256 = ?snapshot.server.tls.as_ref().map(|t| &t.fingerprint),
         fd_limit,
         "sluice ready"
     );

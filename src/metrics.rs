@@ -17,6 +17,8 @@ pub const CLIENT_ERRORS_TOTAL: &str = "sluice_client_errors_total";
 pub const CLIENT_DISCONNECTS_TOTAL: &str = "sluice_client_disconnects_total";
 pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "sluice_connections_accepted_total";
 pub const CONNECTIONS_ACTIVE: &str = "sluice_connections_active";
+pub const TLS_HANDSHAKES_TOTAL: &str = "sluice_tls_handshakes_total";
+pub const TLS_CERTIFICATE_RELOADS_TOTAL: &str = "sluice_tls_certificate_reloads_total";
 pub const WORKER_INFO: &str = "sluice_worker_info";
 pub const DRAINING: &str = "sluice_draining";
 pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
@@ -156,6 +158,14 @@ fn describe() {
     );
     describe_counter!(CONNECTIONS_ACCEPTED_TOTAL, "Client connections accepted.");
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open.");
+    describe_counter!(
+        TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes of client connections, by result (ok, timeout, not_tls, protocol_error, closed)."
+    );
+    describe_counter!(
+        TLS_CERTIFICATE_RELOADS_TOTAL,
+        "Reloads with [server.tls], by result: ok (the files were loaded and are in use) or error (the old certificate stays)."
+    );
     describe_gauge!(
         WORKER_INFO,
         "One series per worker thread, labelled with its CPU and I/O driver."
@@ -268,6 +278,7 @@ pub struct WorkerMetrics {
     upstream: RefCell<HashMap<(u32, &'static str), Counter>>,
     client_errors: RefCell<HashMap<&'static str, Counter>>,
     disconnects: RefCell<HashMap<&'static str, Counter>>,
+    tls_handshakes: RefCell<HashMap<&'static str, Counter>>,
     overhead: RefCell<Option<Histogram>>,
     connections: std::cell::OnceCell<(Counter, Gauge)>,
     retries: RefCell<HashMap<&'static str, Counter>>,
@@ -358,6 +369,11 @@ impl WorkerMetrics {
             .entry(value)
             .or_insert_with(|| counter!(name, label => value))
             .increment(1);
+    }
+
+    /// One client TLS handshake: `ok` or why it failed.
+    pub fn tls_handshake(&self, result: &'static str) {
+        Self::bump(&self.tls_handshakes, TLS_HANDSHAKES_TOTAL, "result", result);
     }
 
     pub fn connection_opened(&self) {
@@ -500,6 +516,10 @@ pub fn auth_failure(reason: &'static str) {
 /// A usage record found the store's queue full and was dropped.
 pub fn usage_dropped() {
     counter!(USAGE_DROPPED_TOTAL).increment(1);
+}
+
+pub fn tls_certificate_reload(result: &'static str) {
+    counter!(TLS_CERTIFICATE_RELOADS_TOTAL, "result" => result).increment(1);
 }
 
 pub fn config_reload(result: &'static str) {

@@ -154,6 +154,7 @@ impl GatewayError {
                 UpstreamError::Connect(..) => {
                     (502, SERVER, "upstream_unavailable", "upstream_connect")
                 }
+                UpstreamError::Tls(..) => (502, SERVER, "upstream_unavailable", "upstream_tls"),
                 UpstreamError::FirstByteTimeout(_) | UpstreamError::TotalTimeout(_) => {
                     (504, SERVER, "upstream_timeout", "upstream_timeout")
                 }

@@ -30,6 +30,8 @@ pub enum SnapshotError {
     Access(String),
     #[error("cache.embedder.model: {0}")]
     Cache(String),
+    #[error("server.tls: {0}")]
+    Tls(crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `[server.tls]` loaded (certificate, key, rustls config); None = plain HTTP.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 /// One `[[models]]` entry as the router sees it.
@@ -173,12 +177,20 @@ impl Snapshot {
             header_timeout: Duration::from_millis(server.header_timeout_ms),
             idle_timeout: Duration::from_millis(server.idle_timeout_ms),
             drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+            tls: server
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::ServerTls::load(&cfg.resolve(&t.cert), &cfg.resolve(&t.key)))
+                .transpose()
+                .map_err(SnapshotError::Tls)?
+                .map(std::sync::Arc::new),
         };
         let metrics_listen = cfg
             .metrics
             .as_ref()
             .map(|m| parse_addr("metrics.listen", &m.listen))
             .transpose()?;
+        let mut system_roots = crate::tls::client::SystemRoots::default();
         let upstreams = cfg
             .upstreams
             .iter()
@@ -207,14 +219,28 @@ impl Snapshot {
                     ),
                     None => None,
                 };
+                let default_port = if url.tls { 443 } else { 80 };
                 let host_header = match (url.host.contains(':'), url.port) {
                     (true, port) => format!("[{}]:{port}", url.host),
-                    (false, 80) => url.host.clone(),
+                    (false, port) if port == default_port => url.host.clone(),
                     (false, port) => format!("{}:{port}", url.host),
                 };
+                let tls = url
+                    .tls
+                    .then(|| {
+                        let ca_file = u.ca_file.as_ref().map(|p| cfg.resolve(p));
+                        crate::tls::UpstreamTls::new(
+                            &url.host,
+                            ca_file.as_deref(),
+                            &mut system_roots,
+                        )
+                    })
+                    .transpose()
+                    .map_err(|e| fail(e.to_string()))?;
                 Ok(UpstreamSpec {
                     name: u.name.as_str().into(),
                     addr,
+                    tls,
                     host_header: host_header.into(),
                     path_prefix: url.path_prefix.into(),
                     authorization,
@@ -435,19 +461,10 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
             out.push(format!("[{name}] ({what})"));
         }
     };
-    section(cfg.server.tls.is_some(), "server.tls", "TLS termination");
     section(
         cfg.cluster.is_some(),
         "cluster",
         "shared limits through Redis",
     );
-    for (i, u) in cfg.upstreams.iter().enumerate() {
-        if u.url.to_ascii_lowercase().starts_with("https://") {
-            out.push(format!("upstreams[{i}].url https:// (TLS to upstreams)"));
-        }
-        if u.ca_file.is_some() {
-            out.push(format!("upstreams[{i}].ca_file (TLS to upstreams)"));
-        }
-    }
     out
 }

@@ -176,6 +176,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<Issue>> {
     for (i, u) in cfg.upstreams.iter().enumerate() {
         v.upstream(&format!("upstreams[{i}]"), u);
     }
+    v.tls_files(cfg);
     for (i, m) in cfg.models.iter().enumerate() {
         v.model(&format!("models[{i}]"), m, &names);
     }
@@ -405,6 +406,37 @@ impl Validator {
         if let Some(tls) = &s.tls {
             self.path_set("server.tls.cert", &tls.cert);
             self.path_set("server.tls.key", &tls.key);
+        }
+    }
+
+    /// Reads the TLS files, so that a missing file, unparsable PEM or a
+    /// key that does not belong to its certificate is reported with the
+    /// key's line (check-config, start and reload alike).
+    fn tls_files(&mut self, cfg: &Config) {
+        use crate::tls::TlsError;
+        if let Some(tls) = &cfg.server.tls {
+            if !tls.cert.as_os_str().is_empty() && !tls.key.as_os_str().is_empty() {
+                let loaded =
+                    crate::tls::ServerTls::load(&cfg.resolve(&tls.cert), &cfg.resolve(&tls.key));
+                if let Err(e) = loaded {
+                    let key = match e {
+                        TlsError::Key { .. } | TlsError::KeyMismatch { .. } => "server.tls.key",
+                        _ => "server.tls.cert",
+                    };
+                    self.issue(key, e.to_string());
+                }
+            }
+        }
+        for (i, u) in cfg.upstreams.iter().enumerate() {
+            let https = matches!(parse_http_url(&u.url), Ok(HttpUrl { tls: true, .. }));
+            match &u.ca_file {
+                Some(ca) if https && !ca.as_os_str().is_empty() => {
+                    if let Err(e) = crate::tls::client::load_ca_file(&cfg.resolve(ca)) {
+                        self.issue(format!("upstreams[{i}].ca_file"), e.to_string());
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

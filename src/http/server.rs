@@ -8,6 +8,7 @@ use super::io::{read_append, write_all_clear};
 use super::response;
 use crate::api::{self, GatewayError};
 use crate::runtime::worker::Worker;
+use crate::tls::ClientStream;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use monoio::time::timeout_at;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 /// The writing side of a client connection and its reusable buffers.
 pub struct ClientIo {
-    pub stream: TcpStream,
+    /// Plain TCP or TLS (`[server.tls]`).
+    pub stream: ClientStream,
     /// Response bytes being assembled.
     pub wbuf: Vec<u8>,
     /// Upstream request being assembled.
@@ -72,8 +74,30 @@ enum HeadRead {
     Failed(GatewayError),
 }
 
-pub async fn serve_connection(mut worker: Rc<Worker>, stream: TcpStream, peer: std::net::IpAddr) {
+/// Serves one accepted connection: the TLS handshake first when
+/// `[server.tls]` is set (within `header_timeout_ms`; a failed one is
+/// counted and closes the connection), then requests until either side
+/// ends the connection.
+pub async fn serve_connection(worker: Rc<Worker>, tcp: TcpStream, peer: std::net::IpAddr) {
     worker.metrics.connection_opened();
+    let stream = match &worker.snapshot.server.tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => match tls.accept(tcp, worker.snapshot.server.header_timeout).await {
+            Ok(stream) => {
+                worker.metrics.tls_handshake("ok");
+                stream
+            }
+            Err(failure) => {
+                worker.metrics.tls_handshake(failure.as_str());
+                worker.metrics.connection_closed();
+                return;
+            }
+        },
+    };
+    serve_requests(worker, stream, peer).await;
+}
+
+async fn serve_requests(mut worker: Rc<Worker>, stream: ClientStream, peer: std::net::IpAddr) {
     let mut io = ClientIo {
         stream,
         // Grown on first use and then kept: an idle keep-alive connection
@@ -159,7 +183,7 @@ fn set_request_id(worker: &Worker, head: &RequestHead, raw: &[u8], out: &mut Vec
 
 async fn read_head(
     worker: &Worker,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     rbuf: &mut Vec<u8>,
     first: bool,
 ) -> HeadRead {
@@ -275,7 +299,7 @@ async fn read_body(
 /// One more read of a request body; each read must arrive within
 /// `header_timeout` of the previous one (slow uploads are refused with 408).
 async fn read_body_more(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     rbuf: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<usize, BodyError> {
@@ -322,7 +346,7 @@ pub async fn reply_error(
 /// Closes after an error answer without losing it: stop writing, then
 /// read and discard what the client still sends (briefly), so the close
 /// does not turn into a reset that destroys the answer in flight.
-async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close(stream: &mut ClientStream) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut sink = Vec::with_capacity(16 * 1024);

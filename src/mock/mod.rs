@@ -10,6 +10,7 @@ use crate::http::head::{self, Framing, RequestHead};
 use crate::http::io::{read_append, write_all_clear};
 use crate::http::response;
 use crate::pipeline::relay::client_gone;
+use crate::tls::ClientStream;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub struct MockDefaults {
     pub first_delay_ms: u64,
     pub status: u16,
     pub content: String,
+    /// Serve TLS with this certificate (`--tls-cert`, `--tls-key`): a
+    /// stand-in for an `https://` model server.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Default for MockDefaults {
@@ -40,6 +44,7 @@ impl Default for MockDefaults {
             first_delay_ms: 0,
             status: 500,
             content: "Hello from the sluice mock model.".into(),
+            tls: None,
         }
     }
 }
@@ -113,14 +118,25 @@ async fn accept_loop(listener: TcpListener, defaults: Rc<MockDefaults>, stats: A
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 stats.connections.fetch_add(1, Ordering::Relaxed);
-                monoio::spawn(serve(stream, defaults.clone(), stats.clone()));
+                monoio::spawn(handshake_and_serve(stream, defaults.clone(), stats.clone()));
             }
             Err(_) => monoio::time::sleep(Duration::from_millis(5)).await,
         }
     }
 }
 
-async fn serve(mut stream: TcpStream, defaults: Rc<MockDefaults>, stats: Arc<MockStats>) {
+async fn handshake_and_serve(tcp: TcpStream, defaults: Rc<MockDefaults>, stats: Arc<MockStats>) {
+    let stream = match &defaults.tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => match tls.accept(tcp, Duration::from_secs(10)).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+    };
+    serve(stream, defaults, stats).await;
+}
+
+async fn serve(mut stream: ClientStream, defaults: Rc<MockDefaults>, stats: Arc<MockStats>) {
     let mut rbuf = Vec::with_capacity(8192);
     let mut wbuf = Vec::with_capacity(8192);
     loop {
@@ -149,7 +165,7 @@ async fn serve(mut stream: TcpStream, defaults: Rc<MockDefaults>, stats: Arc<Moc
 }
 
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     head: &RequestHead,
     rbuf: &mut Vec<u8>,
 ) -> Option<(Vec<u8>, usize)> {
@@ -264,7 +280,12 @@ impl MockRequest {
     }
 }
 
-async fn write_json(stream: &mut TcpStream, wbuf: &mut Vec<u8>, status: u16, body: &Value) -> bool {
+async fn write_json(
+    stream: &mut ClientStream,
+    wbuf: &mut Vec<u8>,
+    status: u16,
+    body: &Value,
+) -> bool {
     let body = serde_json::to_vec(body).unwrap_or_default();
     wbuf.clear();
     response::json(wbuf, status, b"mock", true, &[], &body);
@@ -273,7 +294,7 @@ async fn write_json(stream: &mut TcpStream, wbuf: &mut Vec<u8>, status: u16, bod
 
 /// Answers one request; false closes the connection.
 async fn answer(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     wbuf: &mut Vec<u8>,
     req: &MockRequest,
     stats: &MockStats,
@@ -370,7 +391,7 @@ fn embeddings(req: &MockRequest) -> Value {
     json!({"object": "list", "data": data, "model": req.model(), "usage": {"prompt_tokens": req.prompt_tokens(), "total_tokens": req.prompt_tokens()}})
 }
 
-fn reset(stream: &TcpStream) {
+fn reset(stream: &ClientStream) {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,
@@ -392,7 +413,7 @@ fn reset(stream: &TcpStream) {
 /// An SSE stream of `chunks` events (the content split into pieces),
 /// `delay` apart, then a usage event when asked for, then `[DONE]`.
 async fn stream_answer(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     wbuf: &mut Vec<u8>,
     req: &MockRequest,
     stats: &MockStats,

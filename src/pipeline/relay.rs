@@ -13,10 +13,12 @@ use crate::http::{response, sse};
 use crate::pipeline::approve::{wait_for_decision, ApprovalRule, HeldAnswer, Verdict};
 use crate::pipeline::filter::AnswerFilters;
 use crate::runtime::worker::Worker;
+use crate::tls::ClientStream;
 use crate::upstream::client::{self, BodyReader};
 use crate::upstream::pool::UpstreamConn;
 use crate::upstream::{UpstreamError, UpstreamSpec};
 use monoio::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -97,7 +99,7 @@ fn retryable_status(status: u16) -> bool {
 fn retryable_error(e: &UpstreamError) -> bool {
     matches!(
         e,
-        UpstreamError::Connect(..) | UpstreamError::FirstByteTimeout(_)
+        UpstreamError::Connect(..) | UpstreamError::Tls(..) | UpstreamError::FirstByteTimeout(_)
     )
 }
 
@@ -114,8 +116,34 @@ impl From<UpstreamError> for Failure {
 
 /// Resolves when the client has closed its side of the connection.
 /// Readiness plus a peek, so bytes of a pipelined next request are left
-/// in the socket.
-pub async fn client_gone(stream: &TcpStream) {
+/// in the socket. A TLS connection is watched through a duplicate of its
+/// descriptor (monoio-rustls keeps the socket to itself); the duplicate is
+/// made only when a wait outlasts [`WATCH_AFTER`].
+pub async fn client_gone(stream: &ClientStream) {
+    if let Some(tcp) = stream.plain() {
+        return watch_for_close(tcp).await;
+    }
+    match duplicate_socket(stream.as_raw_fd()) {
+        Ok(tcp) => watch_for_close(&tcp).await,
+        // No descriptor to spare: the client is not watched.
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+fn duplicate_socket(fd: std::os::fd::RawFd) -> std::io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: dup of a descriptor the connection owns and keeps open for
+    // as long as this watch runs; the duplicate is owned from here on.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    TcpStream::from_std(std::net::TcpStream::from(owned))
+}
+
+async fn watch_for_close(stream: &TcpStream) {
     use std::os::fd::AsRawFd;
     loop {
         if stream.readable(false).await.is_err() {
@@ -133,7 +161,15 @@ pub async fn client_gone(stream: &TcpStream) {
         };
         match n {
             0 => return,
-            n if n > 0 => std::future::pending::<()>().await,
+            n if n > 0 => {
+                // Bytes wait unread (a pipelined request, or a TLS
+                // close_notify): readiness says nothing more until they
+                // are read, so look for the peer's FIN now and then.
+                if peer_hung_up(stream.as_raw_fd()) {
+                    return;
+                }
+                monoio::time::sleep(HANGUP_POLL).await;
+            }
             _ => {
                 let err = std::io::Error::last_os_error().kind();
                 if err != std::io::ErrorKind::WouldBlock && err != std::io::ErrorKind::Interrupted {
@@ -144,6 +180,21 @@ pub async fn client_gone(stream: &TcpStream) {
     }
 }
 
+/// How often a client with unread bytes is checked for a close.
+const HANGUP_POLL: Duration = Duration::from_millis(100);
+
+/// Whether the peer has shut down its sending side (or the socket failed).
+fn peer_hung_up(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// How long an upstream wait runs before the client's socket is watched.
 /// Most answers from a fast upstream come sooner, so they never pay for
 /// arming and cancelling the watch; a client that leaves during a longer
@@ -151,7 +202,7 @@ pub async fn client_gone(stream: &TcpStream) {
 const WATCH_AFTER: Duration = Duration::from_millis(20);
 
 /// `client_gone`, armed only after `WATCH_AFTER`.
-async fn client_gone_after_grace(stream: &TcpStream) {
+async fn client_gone_after_grace(stream: &ClientStream) {
     monoio::time::sleep(WATCH_AFTER).await;
     client_gone(stream).await;
 }

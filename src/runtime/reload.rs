@@ -6,10 +6,15 @@
 //! (`sluice_config_reloads_total{result="error"}`).
 //!
 //! What a reload can change: models, experiments, upstreams, teams, keys,
-//! agents, guard policies, resilience, alerts. What needs a restart (a
-//! reload that changes it is refused): `[server]` listen/workers/io/
-//! pin_cores, `[metrics]`, `[audit]`, `[admin]`, `[store]`, and of `[cache]`
-//! its presence, embedder, `max_entries` and `persist` (its rules reload).
+//! agents, guard policies, resilience, alerts, and the TLS certificate and
+//! key (`[server.tls]`'s files are read again on every reload, so
+//! replacing the files and sending SIGHUP rotates the certificate; a bad
+//! certificate or key refuses the reload and the old one stays, counted in
+//! `sluice_tls_certificate_reloads_total{result="error"}`). What needs a
+//! restart (a reload that changes it is refused): `[server]` listen/
+//! workers/io/pin_cores, adding or removing `[server.tls]`, `[metrics]`,
+//! `[audit]`, `[admin]`, `[store]`, and of `[cache]` its
+//! presence, embedder, `max_entries` and `persist` (its rules reload).
 //!
 //! When the upstream list changed (any field of any upstream), the shared
 //! upstream state is built anew: breakers, health verdicts and latency
@@ -47,6 +52,9 @@ impl Reloader {
         match &result {
             Ok(hash) => {
                 crate::metrics::config_reload("ok");
+                if self.shared.snapshot().server.tls.is_some() {
+                    crate::metrics::tls_certificate_reload("ok");
+                }
                 tracing::info!(file = %self.path.display(), config_sha256 = %hash, "configuration reloaded");
             }
             Err(reason) => {
@@ -61,13 +69,23 @@ impl Reloader {
         let source = std::fs::read_to_string(&self.path)
             .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
         let base = self.path.parent().unwrap_or(std::path::Path::new("."));
-        let cfg = crate::config::parse_str(&source, base)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let cfg = crate::config::parse_str(&source, base).map_err(|e| {
+            if let crate::config::ConfigError::Invalid(issues) = &e {
+                if issues.iter().any(|i| i.path.starts_with("server.tls")) {
+                    crate::metrics::tls_certificate_reload("error");
+                }
+            }
+            format!("{}: {e}", self.path.display())
+        })?;
         if fixed_sections(&cfg) != self.fixed {
             return Err("[admin] or [store] changed: restart sluice to apply".into());
         }
-        let snapshot =
-            Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let snapshot = Snapshot::build(&cfg, &source).map_err(|e| {
+            if matches!(e, crate::config::snapshot::SnapshotError::Tls(_)) {
+                crate::metrics::tls_certificate_reload("error");
+            }
+            format!("{}: {e}", self.path.display())
+        })?;
         self.shared.apply(snapshot)
     }
 }
@@ -99,6 +117,11 @@ impl Shared {
         }
         if s.0.pin_cores != s.1.pin_cores {
             fixed.push("server.pin_cores");
+        }
+        if s.0.tls.is_some() != s.1.tls.is_some() {
+            // A port that changes protocol under its clients' feet is a
+            // surprise; turning TLS on or off is a restart.
+            fixed.push("[server.tls] (added or removed)");
         }
         if before.metrics_listen != snapshot.metrics_listen {
             fixed.push("[metrics]");
@@ -137,6 +160,12 @@ impl Shared {
             );
             states
         };
+        if let (Some(old), Some(new)) = (&s.0.tls, &s.1.tls) {
+            if old.fingerprint != new.fingerprint {
+                tracing::info!(cert = %new.cert_path.display(), sha256 = %new.fingerprint, previous_sha256 = %old.fingerprint,
+                    "TLS certificate replaced: new handshakes use it, open connections keep theirs");
+            }
+        }
         let hash = snapshot.config_hash.clone();
         let number = self.install(Arc::new(snapshot), upstreams);
         tracing::debug!(generation = number, "configuration generation installed");

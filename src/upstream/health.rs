@@ -288,10 +288,11 @@ pub fn server_queue(metrics: &str) -> u32 {
         .max(0.0) as u32
 }
 
-/// A blocking `GET` with the upstream's connect timeout for every step.
+/// A blocking `GET` with the upstream's connect timeout for every step,
+/// over TLS for `https://` upstreams.
 fn http_get(spec: &UpstreamSpec, path: &str) -> Option<(u16, Vec<u8>)> {
     let timeout = spec.connect_timeout;
-    let mut stream = std::net::TcpStream::connect_timeout(&spec.addr, timeout).ok()?;
+    let stream = std::net::TcpStream::connect_timeout(&spec.addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
     let auth = spec
@@ -303,9 +304,16 @@ fn http_get(spec: &UpstreamSpec, path: &str) -> Option<(u16, Vec<u8>)> {
         "GET {}{} HTTP/1.1\r\nhost: {}\r\n{auth}user-agent: sluice-health\r\nconnection: close\r\n\r\n",
         spec.path_prefix, path, spec.host_header
     );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    stream.take(4 << 20).read_to_end(&mut raw).ok()?;
+    let raw = match &spec.tls {
+        None => exchange(stream, request.as_bytes())?,
+        Some(tls) => {
+            let session = tls.blocking().ok()?;
+            exchange(
+                rustls::StreamOwned::new(session, stream),
+                request.as_bytes(),
+            )?
+        }
+    };
     let head = crate::http::head::parse_response(&raw, crate::http::head::Method::Get).ok()??;
     let mut body = Vec::new();
     let rest = &raw[head.len..];
@@ -317,6 +325,26 @@ fn http_get(spec: &UpstreamSpec, path: &str) -> Option<(u16, Vec<u8>)> {
         body.extend_from_slice(rest);
     }
     Some((head.status, body))
+}
+
+/// Writes `request` and reads the answer until the server closes (at most
+/// 4 MiB). A TLS server that closes without close_notify still ends the
+/// answer: the request asked for `connection: close`.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Option<Vec<u8>> {
+    stream.write_all(request).ok()?;
+    stream.flush().ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while raw.len() < 4 << 20 {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(_) => return None,
+        }
+    }
+    Some(raw)
 }
 
 #[cfg(test)]

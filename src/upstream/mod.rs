@@ -14,6 +14,8 @@ use thiserror::Error;
 pub struct UpstreamSpec {
     pub name: Box<str>,
     pub addr: SocketAddr,
+    /// `https://`: how to talk TLS to it; None = plain HTTP.
+    pub tls: Option<crate::tls::UpstreamTls>,
     /// Value of the `Host` header sent upstream.
     pub host_header: Box<str>,
     /// Path the upstream's URL carries, prepended to the request path.
@@ -40,6 +42,8 @@ pub enum UpstreamError {
     FirstByteTimeout(String),
     #[error("upstream {0} did not finish in time")]
     TotalTimeout(String),
+    #[error("TLS handshake with upstream {0} failed: {1}")]
+    Tls(String, String),
     #[error("upstream sent an invalid response: {0}")]
     Protocol(String),
     #[error("upstream connection failed: {0}")]
@@ -54,6 +58,7 @@ impl UpstreamError {
     pub fn outcome(&self) -> &'static str {
         match self {
             UpstreamError::Connect(..) => "connect_error",
+            UpstreamError::Tls(..) => "tls_error",
             UpstreamError::FirstByteTimeout(_) => "first_byte_timeout",
             UpstreamError::TotalTimeout(_) => "total_timeout",
             UpstreamError::Protocol(_) | UpstreamError::TooLarge(_) => "protocol_error",

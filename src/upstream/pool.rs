@@ -5,6 +5,7 @@
 //! frees a permit for a new connection, whichever comes first.
 
 use super::{UpstreamError, UpstreamSpec};
+use crate::tls::UpstreamStream;
 use local_sync::oneshot;
 use local_sync::semaphore::{OwnedSemaphorePermit, Semaphore};
 use monoio::net::TcpStream;
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 pub const MAX_IDLE: Duration = Duration::from_secs(4);
 
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    /// Plain TCP, or TLS for `https://` upstreams.
+    pub stream: UpstreamStream,
     /// Bytes read from the upstream and not yet consumed.
     pub buf: Vec<u8>,
     /// Whether the connection served an earlier request (so a failure
@@ -112,12 +114,20 @@ impl Pools {
                 }
             }
         };
-        let stream =
-            monoio::time::timeout(spec.connect_timeout, TcpStream::connect_addr(spec.addr))
+        // connect_timeout bounds the TCP connect and the TLS handshake together.
+        let deadline = Instant::now() + spec.connect_timeout;
+        let tcp = monoio::time::timeout_at(deadline.into(), TcpStream::connect_addr(spec.addr))
+            .await
+            .map_err(|_| connect_error("connect timed out"))?
+            .map_err(|e| connect_error(&e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &spec.tls {
+            None => UpstreamStream::Plain(tcp),
+            Some(tls) => monoio::time::timeout_at(deadline.into(), tls.connect(tcp))
                 .await
-                .map_err(|_| connect_error("connect timed out"))?
-                .map_err(|e| connect_error(&e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+                .map_err(|_| UpstreamError::Tls(spec.name.to_string(), "timed out".into()))?
+                .map_err(|e| UpstreamError::Tls(spec.name.to_string(), e))?,
+        };
         Ok(UpstreamConn {
             stream,
             buf: Vec::with_capacity(16 * 1024),

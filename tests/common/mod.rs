@@ -94,6 +94,21 @@ impl Mock {
         Mock { addr, stats }
     }
 
+    /// The mock behind TLS with this certificate chain and key (PEM), as
+    /// `sluice mock-upstream --tls-cert --tls-key` runs it.
+    pub fn start_tls(cert: &Path, key: &Path) -> Mock {
+        let tls = sluice::tls::ServerTls::load(cert, key).expect("the mock's certificate");
+        let (addr, stats) = sluice::mock::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            sluice::mock::MockDefaults {
+                tls: Some(Arc::new(tls)),
+                ..Default::default()
+            },
+        )
+        .expect("start the mock model server");
+        Mock { addr, stats }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -310,9 +325,25 @@ impl Gateway {
     /// As [`Gateway::start`], returning the reason (with stderr) on failure.
     /// Retries on another port when the chosen one was taken meanwhile.
     pub fn try_start(cfg: &Config) -> Result<Gateway, String> {
+        Gateway::try_start_probed(cfg, &plain_health_probe)
+    }
+
+    /// As [`Gateway::start`], with `probe(addr)` telling when the gateway
+    /// is ready (e.g. `GET /health` over TLS).
+    pub fn start_with_probe(cfg: &Config, probe: impl Fn(SocketAddr) -> bool) -> Gateway {
+        match Gateway::try_start_probed(cfg, &probe) {
+            Ok(g) => g,
+            Err(e) => panic!("the gateway did not start:\n{e}"),
+        }
+    }
+
+    fn try_start_probed(
+        cfg: &Config,
+        probe: &dyn Fn(SocketAddr) -> bool,
+    ) -> Result<Gateway, String> {
         let mut last = String::new();
         for _ in 0..4 {
-            match Gateway::try_start_once(cfg) {
+            match Gateway::try_start_once(cfg, probe) {
                 Ok(g) => return Ok(g),
                 Err(e) if e.contains("Address already in use") || e.contains("address in use") => {
                     last = e;
@@ -323,7 +354,7 @@ impl Gateway {
         Err(last)
     }
 
-    fn try_start_once(cfg: &Config) -> Result<Gateway, String> {
+    fn try_start_once(cfg: &Config, probe: &dyn Fn(SocketAddr) -> bool) -> Result<Gateway, String> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = temp_path("gateway", "toml");
@@ -368,14 +399,8 @@ impl Gateway {
                     gw.stderr()
                 ));
             }
-            if let Ok(stream) = TcpStream::connect_timeout(&gw.addr, Duration::from_millis(500)) {
-                let mut conn = Conn::from_stream(stream);
-                conn.send(&get("/health", &[]));
-                if let Ok(resp) = conn.try_read_response() {
-                    if resp.status == 200 {
-                        return Ok(gw);
-                    }
-                }
+            if probe(gw.addr) {
+                return Ok(gw);
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -467,6 +492,16 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Ready when `GET /health` in plain HTTP answers 200.
+fn plain_health_probe(addr: SocketAddr) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let mut conn = Conn::from_stream(stream);
+    conn.send(&get("/health", &[]));
+    conn.try_read_response().is_ok_and(|r| r.status == 200)
 }
 
 impl Drop for Gateway {
@@ -683,10 +718,21 @@ pub fn assert_openai_error(resp: &Response, status: u16, kind: &str, code: &str)
 
 // ---------------------------------------------------------------- client connection
 
-/// A blocking HTTP/1.1 client connection with its own read buffer.
-pub struct Conn {
-    pub stream: TcpStream,
+/// A blocking HTTP/1.1 client connection with its own read buffer, over
+/// plain TCP or any other byte stream (a rustls `StreamOwned` for TLS).
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// A connection over an already set-up stream (e.g. TLS).
+    pub fn over(stream: S) -> Conn<S> {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
 }
 
 impl Conn {
@@ -706,6 +752,34 @@ impl Conn {
         }
     }
 
+    /// Waits for the peer to close; returns the bytes that arrived before
+    /// the close (a reset also counts as closed). Panics on timeout.
+    pub fn read_until_closed(&mut self, timeout: Duration) -> Vec<u8> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!(
+                        "the connection was not closed within {timeout:?}; received {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )
+                }
+                Err(_) => break, // reset
+            }
+        }
+        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Closes the writing half (the peer reads end of stream).
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
@@ -870,35 +944,9 @@ impl Conn {
         self.try_read_response().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Waits for the peer to close; returns the bytes that arrived before
-    /// the close (a reset also counts as closed). Panics on timeout.
-    pub fn read_until_closed(&mut self, timeout: Duration) -> Vec<u8> {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
-        loop {
-            match self.fill() {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!(
-                        "the connection was not closed within {timeout:?}; received {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )
-                }
-                Err(_) => break, // reset
-            }
-        }
-        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        std::mem::take(&mut self.buf)
-    }
-
-    /// Closes the writing half (the peer reads end of stream).
-    pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
-    }
-
     /// Starts reading an SSE response: reads the head and returns it with
     /// an event reader (the body must be chunked).
-    pub fn sse(&mut self) -> (Head, SseReader<'_>) {
+    pub fn sse(&mut self) -> (Head, SseReader<'_, S>) {
         let head = self.read_head();
         (head, SseReader::new(self))
     }
@@ -906,14 +954,14 @@ impl Conn {
 
 /// Reads SSE events one at a time from a chunked response body, as they
 /// arrive.
-pub struct SseReader<'a> {
-    conn: &'a mut Conn,
+pub struct SseReader<'a, S = TcpStream> {
+    conn: &'a mut Conn<S>,
     pending: Vec<u8>,
     ended: bool,
 }
 
-impl<'a> SseReader<'a> {
-    pub fn new(conn: &'a mut Conn) -> Self {
+impl<'a, S: Read + Write> SseReader<'a, S> {
+    pub fn new(conn: &'a mut Conn<S>) -> Self {
         SseReader {
             conn,
             pending: Vec::new(),
@@ -984,7 +1032,7 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads a whole SSE response (head + events) on `conn`.
-pub fn read_sse(conn: &mut Conn) -> (Head, Vec<String>) {
+pub fn read_sse<S: Read + Write>(conn: &mut Conn<S>) -> (Head, Vec<String>) {
     let (head, mut reader) = conn.sse();
     let events = reader.rest();
     (head, events)
