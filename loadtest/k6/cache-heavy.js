@@ -5,7 +5,7 @@
 // Latency is reported separately for repeated and unique prompts
 // (`http_req_duration{kind:repeat}` / `{kind:unique}`).
 //
-//   k6 run loadtest/k6/cache-heavy.js                          # against `sluice demo` (no cache: hit rate 0)
+//   k6 run loadtest/k6/cache-heavy.js                          # against `sluice demo` (it caches: repeats hit)
 //   MIN_HIT_RATE=0.8 BASE_URL=https://gw.example k6 run loadtest/k6/cache-heavy.js
 //
 //   REPEAT_SHARE  share of requests that repeat a prompt   default 0.9
