@@ -9,6 +9,7 @@ pub mod agent;
 pub mod approve;
 pub mod auth;
 pub mod authorize;
+pub mod cache;
 pub mod filter;
 pub mod guard;
 pub mod jwt;

@@ -1,0 +1,1650 @@
+//! Verification of semantic cache candidates (issue 11).
+//!
+//! Sentence embeddings score "convert 5 km to miles" and "convert 5 miles
+//! to km" as near-identical, so similarity alone serves wrong answers. This
+//! module owns the second opinion: a candidate at or above the similarity
+//! threshold is served only if the question asked and the cached question
+//! agree on their meaning-bearing tokens, class by class, in this order:
+//! numbers with their units, dates, negations, direction and comparison
+//! words, names, code tokens, antonym pairs and argument order. The first
+//! class that differs is the [`Rejection`], a metric label.
+//!
+//! It runs only on candidates (never on a miss), on questions of a few
+//! dozen words: one hand-written pass splits a question into tokens and
+//! lower-cases them into one buffer, one hash lookup per word finds its
+//! roles in the shipped English and Dutch word lists (`words/*.txt`,
+//! documented in docs/cache.md and in the files' own comments), and each
+//! class is compared on small vectors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Why a candidate was refused; label for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// A number or its unit differs ("5 km" vs "5 miles").
+    Number,
+    /// A date, weekday, month, year or named day differs.
+    Date,
+    /// One question holds more negations than the other.
+    Negation,
+    /// Direction or comparison words differ (before/after, ascending/descending).
+    Direction,
+    /// A name (place, product, capitalised word) is missing from one question.
+    Name,
+    /// A code token (identifier, flag, operator, quoted string) is missing.
+    Code,
+    /// The questions pick opposite words of an antonym pair (enable/disable).
+    Antonym,
+    /// The same words sit on swapped sides of a relation word
+    /// ("a string to an int" vs "an int to a string").
+    ArgumentOrder,
+}
+
+impl Rejection {
+    /// Every class, in the order they are checked.
+    pub const ALL: [Rejection; 8] = [
+        Rejection::Number,
+        Rejection::Date,
+        Rejection::Negation,
+        Rejection::Direction,
+        Rejection::Name,
+        Rejection::Code,
+        Rejection::Antonym,
+        Rejection::ArgumentOrder,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Number => "number",
+            Rejection::Date => "date",
+            Rejection::Negation => "negation",
+            Rejection::Direction => "direction",
+            Rejection::Name => "name",
+            Rejection::Code => "code",
+            Rejection::Antonym => "antonym",
+            Rejection::ArgumentOrder => "argument_order",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// The shipped word lists; their format is described at the top of stop.txt
+// and, per list, in each file.
+const STOP_WORDS: &str = include_str!("words/stop.txt");
+const NEGATIONS: &str = include_str!("words/negation.txt");
+const IDIOMS: &str = include_str!("words/idioms.txt");
+const RELATIONS: &str = include_str!("words/relation.txt");
+const UNITS: &str = include_str!("words/units.txt");
+const NUMBER_WORDS: &str = include_str!("words/numbers.txt");
+const DATES: &str = include_str!("words/dates.txt");
+const NAMES: &str = include_str!("words/names.txt");
+const SQL_KEYWORDS: &str = include_str!("words/sql.txt");
+const DIRECTIONS: &str = include_str!("words/direction.txt");
+const ANTONYMS: &str = include_str!("words/antonym.txt");
+
+/// Decides whether a cached answer may answer a new question. Built once
+/// (the word lists are parsed at construction), then shared read-only
+/// across threads.
+pub struct Verifier {
+    /// Lower-cased word or phrase (words joined by one space) -> its roles.
+    words: FxMap<Box<str>, Entry>,
+    /// Roles a word has only at the end of a clause (`on$`, `in$`).
+    clause_final: FxMap<Box<str>, Entry>,
+    /// The class of each direction/antonym scale, by scale index.
+    scale_class: Vec<Rejection>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier::new()
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("words", &self.words.len())
+            .field("scales", &self.scale_class.len())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// The verifier with the shipped English and Dutch word lists.
+    ///
+    /// Panics only if a shipped list is malformed (a word in two scales, a
+    /// phrase with punctuation); the unit tests construct it, so such a
+    /// list never ships.
+    pub fn new() -> Verifier {
+        let mut lists = Lists::default();
+        lists.flag_items(STOP_WORDS, |e| e.stop = true);
+        lists.flag_items(NEGATIONS, |e| e.negation = true);
+        lists.flag_items(IDIOMS, |e| e.idiom = true);
+        lists.flag_items(NAMES, |e| e.name = true);
+        lists.flag_items(SQL_KEYWORDS, |e| e.sql = true);
+        lists.relations(RELATIONS);
+        lists.units(UNITS);
+        lists.number_words(NUMBER_WORDS);
+        lists.dates(DATES);
+        lists.scales(DIRECTIONS, Rejection::Direction, false);
+        lists.scales(ANTONYMS, Rejection::Antonym, true);
+        lists.phrases_keep_relations();
+        Verifier {
+            words: lists.words,
+            clause_final: lists.clause_final,
+            scale_class: lists.scale_class,
+        }
+    }
+
+    /// Ok if `asked` may be answered with the answer cached for `cached`.
+    pub fn check(&self, asked: &str, cached: &str) -> Result<(), Rejection> {
+        if asked == cached {
+            return Ok(());
+        }
+        let a = self.profile(asked);
+        let b = self.profile(cached);
+        if a.quantities != b.quantities {
+            return Err(Rejection::Number);
+        }
+        if a.dates != b.dates {
+            return Err(Rejection::Date);
+        }
+        if a.negations != b.negations {
+            return Err(Rejection::Negation);
+        }
+        if self.scales_differ(&a.senses, &b.senses, Rejection::Direction) {
+            return Err(Rejection::Direction);
+        }
+        if !a.names_within(&b) || !b.names_within(&a) {
+            return Err(Rejection::Name);
+        }
+        if !a.code_within(&b) || !b.code_within(&a) {
+            return Err(Rejection::Code);
+        }
+        if self.scales_differ(&a.senses, &b.senses, Rejection::Antonym) {
+            return Err(Rejection::Antonym);
+        }
+        if arguments_swapped(&a.sites, &b.sites) {
+            return Err(Rejection::ArgumentOrder);
+        }
+        Ok(())
+    }
+
+    /// True if a direction or antonym scale of `class` is used differently.
+    /// Both questions using a scale must pick the same alternatives; a
+    /// decisive (non-weak) word in one question also refuses when the
+    /// other does not use the scale at all.
+    fn scales_differ(&self, a: &[Sense], b: &[Sense], class: Rejection) -> bool {
+        let of_class = |s: &&Sense| self.scale_class[s.scale as usize] == class;
+        a.iter().chain(b.iter()).filter(of_class).any(|sense| {
+            let (mask_a, decisive_a) = scale_use(a, sense.scale);
+            let (mask_b, decisive_b) = scale_use(b, sense.scale);
+            (mask_a != 0 && mask_b != 0 && mask_a != mask_b)
+                || (decisive_a != 0 && mask_b == 0)
+                || (decisive_b != 0 && mask_a == 0)
+        })
+    }
+
+    /// Everything `check` compares about one question.
+    fn profile<'t>(&self, text: &'t str) -> Profile<'t> {
+        let toks = tokenize(text);
+        let mut p = Profile {
+            text,
+            toks,
+            slots: Vec::new(),
+            quantities: Vec::new(),
+            dates: Vec::new(),
+            negations: 0,
+            senses: Vec::new(),
+            names: Vec::new(),
+            code: Vec::new(),
+            sites: Vec::new(),
+        };
+        self.resolve(&mut p);
+        let (title_case, shouting) = writing_style(&p.toks.tokens);
+        attach_month_days(&mut p);
+        for i in 0..p.toks.tokens.len() {
+            let slot = p.slots[i];
+            if slot.words == 0 || slot.used {
+                continue;
+            }
+            match p.toks.tokens[i].kind {
+                Kind::Number => self.number(&mut p, i),
+                Kind::Word => self.word(&mut p, i, title_case, shouting),
+                Kind::Flag => p.code.push(Needle::Exact(p.toks.tokens[i].raw)),
+                Kind::Operator if slot.entry.is_none_or(|e| e.relation == 0) => {
+                    p.code.push(Needle::Lower(p.toks.tokens[i].low))
+                }
+                Kind::Operator | Kind::Boundary => {}
+            }
+        }
+        for q in 0..p.toks.quotes.len() {
+            let (first, end) = p.toks.quotes[q];
+            if end > first {
+                let span = (
+                    p.toks.tokens[first as usize].low.0,
+                    p.toks.tokens[end as usize - 1].low.1,
+                );
+                p.code.push(Needle::Lower(span));
+            }
+        }
+        relation_sites(&mut p);
+        p.quantities.sort_unstable();
+        p.dates.sort_unstable();
+        p
+    }
+
+    /// Finds each word's roles, joining listed phrases ("prior to", "log ik
+    /// in") into their first word's slot.
+    fn resolve(&self, p: &mut Profile<'_>) {
+        let tokens = &p.toks.tokens;
+        let lower = &p.toks.lower;
+        let one_token = Slot {
+            entry: None,
+            words: 1,
+            used: false,
+        };
+        p.slots = vec![one_token; tokens.len()];
+        let mut i = 0;
+        while i < tokens.len() {
+            let tok = tokens[i];
+            if !matches!(tok.kind, Kind::Word | Kind::Operator) {
+                i += 1;
+                continue;
+            }
+            let single = self.words.get(&lower[span(tok.low)]);
+            let mut entry = single;
+            let mut words = 1;
+            if let Some(e) = single.filter(|e| e.phrase_words > 1) {
+                let longest = (e.phrase_words as usize).min(tokens.len() - i);
+                for len in (2..=longest).rev() {
+                    let run = &tokens[i..i + len];
+                    let joined = run.windows(2).all(|w| {
+                        w[0].kind == Kind::Word
+                            && w[1].kind == Kind::Word
+                            && w[1].low.0 == w[0].low.1 + 1
+                    });
+                    if !joined {
+                        continue;
+                    }
+                    let key = &lower[tok.low.0 as usize..run[len - 1].low.1 as usize];
+                    if let Some(phrase) = self.words.get(key) {
+                        entry = Some(phrase);
+                        words = len;
+                        break;
+                    }
+                }
+            }
+            if words == 1 && tok.shape & CLAUSE_FINAL != 0 && single.is_some_and(|e| e.clause_final)
+            {
+                if let Some(last) = self.clause_final.get(&lower[span(tok.low)]) {
+                    entry = Some(last);
+                }
+            }
+            p.slots[i].entry = entry.copied();
+            p.slots[i].words = words as u8;
+            for inside in &mut p.slots[i + 1..i + words] {
+                inside.words = 0;
+            }
+            i += words;
+        }
+    }
+
+    fn number(&self, p: &mut Profile<'_>, i: usize) {
+        let tok = p.toks.tokens[i];
+        let low = &p.toks.lower[span(tok.low)];
+        let parsed = parse_number(low);
+        let value = match parsed.value {
+            NumberValue::IsoDate(y, m, d) => {
+                p.dates.push(DATE_YEAR | y);
+                p.dates.push(DATE_MONTH_DAY | m << 8 | d);
+                return;
+            }
+            NumberValue::SlashDate(h) => {
+                p.dates.push(DATE_NUMERIC | (h as u32 & 0xFF_FFFF));
+                return;
+            }
+            NumberValue::Time(minutes) => {
+                p.quantities.push((minutes as u64, UNIT_TIME));
+                return;
+            }
+            NumberValue::Plain { key, .. } | NumberValue::Exact(key) => key,
+        };
+        let mut unit = 0;
+        if let Some(symbol) = parsed.prefix {
+            let mut buf = [0u8; 4];
+            unit = self.unit_of(symbol.encode_utf8(&mut buf));
+        }
+        if !parsed.suffix.is_empty() {
+            unit = if ORDINAL_SUFFIXES.contains(&parsed.suffix) {
+                UNIT_ORDINAL
+            } else {
+                match self.unit_of(parsed.suffix) {
+                    0 => UNIT_UNKNOWN | (fx_hash(parsed.suffix.as_bytes()) as u32 & 0x7FFF_FFFF),
+                    known => known,
+                }
+            };
+        }
+        let (number_value, has_prefix) = (parsed.value, parsed.prefix.is_some());
+        if unit == 0 {
+            unit = take_unit_after(p, i);
+        }
+        if unit == 0 && i > 0 {
+            // "€ 5": a currency symbol written apart before the number.
+            let prev = p.toks.tokens[i - 1];
+            let symbol = &p.toks.lower[span(prev.low)];
+            if prev.kind == Kind::Word && matches!(symbol, "€" | "$" | "£" | "¥") {
+                unit = p.slots[i - 1].entry.map_or(0, |e| e.unit as u32);
+                p.slots[i - 1].used = true;
+            }
+        }
+        if let NumberValue::Plain {
+            integer: Some(year),
+            digits: 4,
+            ..
+        } = number_value
+        {
+            if unit == 0 && !has_prefix && (1200..=2199).contains(&year) {
+                p.dates.push(DATE_YEAR | year as u32);
+                return;
+            }
+        }
+        p.quantities.push((value, unit));
+    }
+
+    fn unit_of(&self, word: &str) -> u32 {
+        self.words.get(word).map_or(0, |e| e.unit as u32)
+    }
+
+    fn word(&self, p: &mut Profile<'_>, i: usize, title_case: bool, shouting: bool) {
+        let tok = p.toks.tokens[i];
+        let slot = p.slots[i];
+        let phrase = (tok.low.0, p.toks.tokens[i + slot.words as usize - 1].low.1);
+        let low = &p.toks.lower[span(tok.low)];
+        let Some(e) = slot.entry else {
+            if low.ends_with("n't") {
+                p.negations += 1;
+            }
+            return name_or_code(p, i, phrase, title_case, shouting);
+        };
+        if e.idiom {
+            return;
+        }
+        if e.negation || low.ends_with("n't") {
+            p.negations += 1;
+        }
+        if e.date != 0
+            && e.date & DATE_KIND != DATE_MONTH
+            && (!e.date_needs_context || has_date_context(p, i))
+        {
+            p.dates.push(e.date);
+        }
+        if let Some(value) = e.number {
+            let unit = take_unit_after(p, i);
+            p.quantities
+                .push((number_key(value as u128, 0, false), unit));
+        }
+        if e.unit != 0 && e.unit_alone {
+            p.quantities.push((NO_VALUE, e.unit as u32));
+        }
+        if let Some(sense) = e.sense {
+            p.senses.push(sense);
+        }
+        if e.name {
+            p.names.push(phrase);
+        } else if e.sql && tok.shape & ALL_CAPS != 0 && !shouting {
+            p.code.push(Needle::Lower(phrase));
+        } else if !e.has_meaning() {
+            name_or_code(p, i, phrase, title_case, shouting);
+        }
+    }
+}
+
+/// A word without listed meaning is code when it looks like code, a
+/// name when capitalised inside a sentence (or in capitals, or
+/// "GitHub"-style), and otherwise an ordinary word.
+fn name_or_code(
+    p: &mut Profile<'_>,
+    i: usize,
+    phrase: (u32, u32),
+    title_case: bool,
+    shouting: bool,
+) {
+    let shape = p.toks.tokens[i].shape;
+    if shape & (CODE_LIKE | IN_BACKTICKS) != 0
+        || shape & (INNER_CAPS | LOWER_FIRST) == INNER_CAPS | LOWER_FIRST
+    {
+        p.code.push(Needle::Lower(phrase));
+        return;
+    }
+    let capitalised =
+        shape & CAPITALISED != 0 && shape & (SENTENCE_START | HYPHEN_PART) == 0 && !title_case;
+    let emphasised =
+        (shape & ALL_CAPS != 0 && !shouting) || shape & (INNER_CAPS | LOWER_FIRST) == INNER_CAPS;
+    if capitalised || emphasised {
+        p.names.push(phrase);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Word lists
+
+/// A word's or phrase's roles, from the word lists.
+#[derive(Clone, Copy, Default, Debug)]
+struct Entry {
+    stop: bool,
+    negation: bool,
+    /// A listed idiom: its words lose their other roles.
+    idiom: bool,
+    name: bool,
+    sql: bool,
+    /// Bit set of relation groups (relation.txt line order).
+    relation: u16,
+    /// Unit id (1-based, units.txt line order); 0: not a unit.
+    unit: u16,
+    /// The unit counts without a number before it.
+    unit_alone: bool,
+    /// Value of a number word.
+    number: Option<u64>,
+    /// Date atom (`DATE_*`); 0: not a date.
+    date: u32,
+    /// "may", "march": a date only with a capital or a day number.
+    date_needs_context: bool,
+    sense: Option<Sense>,
+    /// Longest listed phrase (in words) starting with this word.
+    phrase_words: u8,
+    /// The word has a listed meaning at the end of a clause (`clause_final`).
+    clause_final: bool,
+}
+
+impl Entry {
+    /// Has a role that makes it something other than a name or code token.
+    fn has_meaning(&self) -> bool {
+        self.stop
+            || self.negation
+            || self.idiom
+            || self.name
+            || self.sql
+            || self.relation != 0
+            || self.unit != 0
+            || self.number.is_some()
+            || self.date != 0
+            || self.sense.is_some()
+    }
+}
+
+/// One word of a direction or antonym scale: which scale, which
+/// alternative, and whether it decides alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sense {
+    scale: u16,
+    alternative: u8,
+    weak: bool,
+    /// A direction word (a comparison, never an argument of a relation).
+    direction: bool,
+}
+
+/// The alternatives of `scale` a question uses, and those it uses with a
+/// decisive word, as bit sets.
+fn scale_use(senses: &[Sense], scale: u16) -> (u32, u32) {
+    senses
+        .iter()
+        .filter(|s| s.scale == scale)
+        .fold((0, 0), |(all, decisive), s| {
+            let bit = 1u32 << s.alternative;
+            (all | bit, if s.weak { decisive } else { decisive | bit })
+        })
+}
+
+/// Builds the lookup tables from the list files.
+#[derive(Default)]
+struct Lists {
+    words: FxMap<Box<str>, Entry>,
+    clause_final: FxMap<Box<str>, Entry>,
+    scale_class: Vec<Rejection>,
+    relation_groups: usize,
+    units: usize,
+    named_dates: Vec<String>,
+}
+
+/// The list lines that hold items: not blank, not a `#` comment.
+fn list_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The comma-separated items of a line.
+fn list_items(line: &str) -> impl Iterator<Item = &str> {
+    line.split(',').map(str::trim).filter(|i| !i.is_empty())
+}
+
+/// Splits "key = items" at the first " = ".
+fn keyed_line(line: &str) -> (&str, &str) {
+    match line.split_once(" = ") {
+        Some((key, items)) => (key.trim(), items),
+        None => panic!("word list line without \" = \": {line}"),
+    }
+}
+
+impl Lists {
+    /// The entry of a list item, created if new. The item is tokenized like
+    /// a question, so it matches what a question's words look like.
+    fn entry(&mut self, item: &str) -> &mut Entry {
+        let (item, at_clause_end) = match item.strip_suffix('$') {
+            Some(word) => (word, true),
+            None => (item, false),
+        };
+        let toks = tokenize(item);
+        let (key, words): (String, usize) = match toks.tokens.as_slice() {
+            [] => (item.to_lowercase(), 1),
+            [one] => (toks.lower[span(one.low)].to_string(), 1),
+            many => {
+                assert!(
+                    many.iter().all(|t| t.kind == Kind::Word),
+                    "word list phrase {item:?} holds punctuation or numbers"
+                );
+                let end = many[many.len() - 1].low.1 as usize;
+                (toks.lower[..end].to_string(), many.len())
+            }
+        };
+        if words > 1 {
+            let first = &toks.lower[span(toks.tokens[0].low)];
+            let head = self.words.entry(first.into()).or_default();
+            head.phrase_words = head.phrase_words.max(words as u8);
+        }
+        if at_clause_end {
+            self.words
+                .entry(key.as_str().into())
+                .or_default()
+                .clause_final = true;
+            return self.clause_final.entry(key.into()).or_default();
+        }
+        self.words.entry(key.into()).or_default()
+    }
+
+    /// A phrase ending in a relation word is that relation too: "bigger
+    /// than" is a comparison and still has arguments on both sides.
+    fn phrases_keep_relations(&mut self) {
+        let inherited: Vec<(Box<str>, u16)> = self
+            .words
+            .iter()
+            .filter(|(_, e)| !e.idiom)
+            .filter_map(|(key, _)| {
+                let (_, last) = key.rsplit_once(' ')?;
+                let relation = self.words.get(last)?.relation;
+                (relation != 0).then(|| (key.clone(), relation))
+            })
+            .collect();
+        for (key, relation) in inherited {
+            if let Some(e) = self.words.get_mut(&key) {
+                e.relation |= relation;
+            }
+        }
+    }
+
+    fn flag_items(&mut self, text: &str, set: impl Fn(&mut Entry)) {
+        for line in list_lines(text) {
+            for item in list_items(line) {
+                set(self.entry(item));
+            }
+        }
+    }
+
+    fn relations(&mut self, text: &str) {
+        for line in list_lines(text) {
+            let (_group, items) = keyed_line(line);
+            assert!(self.relation_groups < 16, "more than 16 relation groups");
+            let bit = 1u16 << self.relation_groups;
+            self.relation_groups += 1;
+            for item in list_items(items) {
+                self.entry(item).relation |= bit;
+            }
+        }
+    }
+
+    fn units(&mut self, text: &str) {
+        for line in list_lines(text) {
+            let (_canonical, items) = keyed_line(line);
+            self.units += 1;
+            let id = self.units as u16;
+            for item in list_items(items) {
+                let (item, alone) = match item.strip_prefix('~') {
+                    Some(word) => (word, false),
+                    None => (item, true),
+                };
+                let e = self.entry(item);
+                assert!(e.unit == 0, "unit {item:?} listed twice");
+                e.unit = id;
+                e.unit_alone = alone;
+            }
+        }
+    }
+
+    fn number_words(&mut self, text: &str) {
+        for line in list_lines(text) {
+            let (value, items) = keyed_line(line);
+            let value: u64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("number word value {value:?} is not a number"));
+            for item in list_items(items) {
+                self.entry(item).number = Some(value);
+            }
+        }
+    }
+
+    fn dates(&mut self, text: &str) {
+        for line in list_lines(text) {
+            let (key, items) = keyed_line(line);
+            let atom = match key.split_once(' ') {
+                Some(("month", m)) => DATE_MONTH | m.parse::<u32>().expect("month number"),
+                Some(("weekday", d)) => DATE_WEEKDAY | d.parse::<u32>().expect("weekday number"),
+                Some(("named", name)) => {
+                    self.named_dates.push(name.to_string());
+                    DATE_NAMED | self.named_dates.len() as u32
+                }
+                _ => panic!("dates.txt: unknown line kind {key:?}"),
+            };
+            for item in list_items(items) {
+                let (item, needs_context) = match item.strip_prefix('?') {
+                    Some(word) => (word, true),
+                    None => (item, false),
+                };
+                let e = self.entry(item);
+                assert!(e.date == 0, "date word {item:?} listed twice");
+                e.date = atom;
+                e.date_needs_context = needs_context;
+            }
+        }
+    }
+
+    fn scales(&mut self, text: &str, class: Rejection, weak_by_default: bool) {
+        for line in list_lines(text) {
+            let scale = self.scale_class.len() as u16;
+            self.scale_class.push(class);
+            for (alternative, part) in line.split('|').enumerate() {
+                assert!(alternative < 32, "a scale has at most 32 alternatives");
+                for item in list_items(part) {
+                    let (item, weak) = if let Some(word) = item.strip_prefix('~') {
+                        (word, true)
+                    } else if let Some(word) = item.strip_prefix('!') {
+                        (word, false)
+                    } else {
+                        (item, weak_by_default)
+                    };
+                    let sense = Sense {
+                        scale,
+                        alternative: alternative as u8,
+                        weak,
+                        direction: class == Rejection::Direction,
+                    };
+                    let e = self.entry(item);
+                    assert!(
+                        e.sense.is_none_or(|s| s == sense),
+                        "{item:?} is in two direction/antonym scales"
+                    );
+                    e.sense = Some(sense);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Letters, digits and joiners ("reverse", "os.path.join", "zzp'er").
+    Word,
+    /// Starts with a digit, a sign or a currency symbol ("2,5", "€5", "5km").
+    Number,
+    /// A command-line flag ("-r", "--soft").
+    Flag,
+    /// Operator symbols ("==", ">=", "->"); "-" and "/" only between numbers.
+    Operator,
+    /// Punctuation that ends a phrase or a clause.
+    Boundary,
+}
+
+// Token shape bits.
+/// First letter upper-case, not all capitals ("Paris", "B").
+const CAPITALISED: u16 = 1;
+/// Two or more letters, all capitals ("SQL", "NULL").
+const ALL_CAPS: u16 = 1 << 1;
+/// An upper-case letter after a lower-case one ("iPhone", "GitHub").
+const INNER_CAPS: u16 = 1 << 2;
+/// Joined by `_ . / \ ::`, a sigil (`$ @ #`) or a call `()`.
+const CODE_LIKE: u16 = 1 << 3;
+/// First word of the text or after `. ? ! : ;` or a line break.
+const SENTENCE_START: u16 = 1 << 4;
+/// Inside a `backtick` span.
+const IN_BACKTICKS: u16 = 1 << 5;
+/// Followed by punctuation or the end.
+const CLAUSE_FINAL: u16 = 1 << 6;
+/// First letter lower-case.
+const LOWER_FIRST: u16 = 1 << 7;
+/// Second or later part of a hyphenated word ("Fi" in "Wi-Fi").
+const HYPHEN_PART: u16 = 1 << 8;
+/// At least two letters.
+const WORDLIKE: u16 = 1 << 9;
+
+#[derive(Clone, Copy, Debug)]
+struct Token {
+    kind: Kind,
+    /// Byte range in the question.
+    raw: (u32, u32),
+    /// Byte range in `Tokenized::lower`.
+    low: (u32, u32),
+    shape: u16,
+}
+
+/// A question split into tokens, with their lower-cased text in one buffer
+/// separated by single spaces, so a phrase of consecutive tokens is one
+/// slice of it.
+struct Tokenized {
+    tokens: Vec<Token>,
+    lower: String,
+    /// Quoted spans as token index ranges [first, end).
+    quotes: Vec<(u32, u32)>,
+}
+
+fn span(range: (u32, u32)) -> std::ops::Range<usize> {
+    range.0 as usize..range.1 as usize
+}
+
+fn char_at(text: &str, i: usize) -> Option<char> {
+    text.get(i..).and_then(|rest| rest.chars().next())
+}
+
+fn char_before(text: &str, i: usize) -> Option<char> {
+    text[..i].chars().next_back()
+}
+
+fn is_open_quote_context(prev: Option<char>) -> bool {
+    prev.is_none_or(|p| p.is_whitespace() || "([{,:;".contains(p))
+}
+
+/// Whether a single quote opening at `from` is closed on the same line: a
+/// quote after a non-space and before a non-letter ("'error' in").
+fn single_quote_closes(text: &str, from: usize) -> bool {
+    let line = &text[from..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    line.char_indices().any(|(at, c)| {
+        matches!(c, '\'' | '’')
+            && at > 0
+            && char_before(line, at).is_some_and(|p| !p.is_whitespace())
+            && char_at(line, at + c.len_utf8()).is_none_or(|n| !n.is_alphanumeric())
+    })
+}
+
+const CURRENCY: &str = "€$£¥";
+const OPERATOR_CHARS: &str = "=<>&|+*/%^~!-";
+
+fn tokenize(text: &str) -> Tokenized {
+    let mut out = Tokenized {
+        tokens: Vec::with_capacity(text.len() / 4 + 4),
+        lower: String::with_capacity(text.len() + 8),
+        quotes: Vec::new(),
+    };
+    let mut sentence_start = true;
+    let mut hyphen_part = false;
+    let mut backtick: Option<u32> = None;
+    let mut double_quote: Option<u32> = None;
+    let mut single_quote: Option<u32> = None;
+    let mut i = 0;
+    while let Some(c) = char_at(text, i) {
+        let width = c.len_utf8();
+        let next = char_at(text, i + width);
+        let prev = char_before(text, i);
+        if c.is_whitespace() {
+            if c == '\n' {
+                sentence_start = true;
+            }
+            hyphen_part = false;
+            i += width;
+            continue;
+        }
+        let at_boundary = prev.is_none_or(|p| p.is_whitespace() || "([{`\"'“‘".contains(p));
+        let mut shape = 0;
+        if sentence_start {
+            shape |= SENTENCE_START;
+        }
+        if hyphen_part {
+            shape |= HYPHEN_PART;
+        }
+        if backtick.is_some() {
+            shape |= IN_BACKTICKS;
+        }
+        let count = out.tokens.len() as u32;
+        match c {
+            '`' => {
+                match backtick.take() {
+                    Some(_) => {}
+                    None => backtick = Some(count),
+                }
+                i += width;
+                continue;
+            }
+            '"' | '“' | '”' | '„' => {
+                match double_quote.take() {
+                    Some(first) => out.quotes.push((first, count)),
+                    None => double_quote = Some(count),
+                }
+                i += width;
+                continue;
+            }
+            '\'' | '‘' | '’' => {
+                if let Some(first) = single_quote {
+                    if prev.is_some_and(|p| !p.is_whitespace())
+                        && next.is_none_or(|n| !n.is_alphanumeric())
+                    {
+                        out.quotes.push((first, count));
+                        single_quote = None;
+                    }
+                } else if is_open_quote_context(prev)
+                    && next.is_some_and(|n| !n.is_whitespace())
+                    && single_quote_closes(text, i + width)
+                {
+                    single_quote = Some(count);
+                }
+                i += width;
+                continue;
+            }
+            _ => {}
+        }
+        let digit_next = next.is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit()
+            || (CURRENCY.contains(c) && digit_next)
+            || (c == '-' && at_boundary && digit_next)
+        {
+            let end = scan_number(text, i);
+            out.push(text, Kind::Number, i, end, shape);
+            (sentence_start, hyphen_part) = (false, false);
+            i = end;
+            continue;
+        }
+        let alnum_next = next.is_some_and(char::is_alphanumeric);
+        let starts_word = c.is_alphabetic()
+            || (matches!(c, '_' | '$' | '@' | '#' | '°') && alnum_next)
+            || (matches!(c, '/' | '.' | '~') && at_boundary && (alnum_next || next == Some('/')));
+        if starts_word {
+            let (end, word_shape) = scan_word(text, i);
+            out.push(text, Kind::Word, i, end, shape | word_shape);
+            (sentence_start, hyphen_part) = (false, false);
+            i = end;
+            continue;
+        }
+        if c == '-' {
+            if at_boundary && next.is_some_and(|n| n.is_alphabetic() || n == '-') {
+                let end = scan_flag(text, i);
+                out.push(text, Kind::Flag, i, end, shape);
+                sentence_start = false;
+                i = end;
+                continue;
+            }
+            if prev.is_some_and(char::is_alphanumeric) && next.is_some_and(char::is_alphabetic) {
+                // A hyphenated word: its parts are words of their own.
+                hyphen_part = true;
+                i += width;
+                continue;
+            }
+        }
+        if OPERATOR_CHARS.contains(c) && !(c == '!' && next != Some('=')) {
+            let end = text[i..]
+                .find(|ch: char| !OPERATOR_CHARS.contains(ch))
+                .map_or(text.len(), |n| i + n);
+            let op = &text[i..end];
+            match op {
+                "%" => out.push(text, Kind::Word, i, end, shape),
+                "-" | "/" => {
+                    let between_numbers = out.tokens.last().is_some_and(|t| t.kind == Kind::Number)
+                        && text[end..]
+                            .trim_start()
+                            .starts_with(|d: char| d.is_ascii_digit());
+                    if between_numbers {
+                        out.push(text, Kind::Operator, i, end, shape);
+                    } else if op == "-" {
+                        out.push(text, Kind::Boundary, i, end, 0);
+                    }
+                }
+                _ => out.push(text, Kind::Operator, i, end, shape),
+            }
+            sentence_start = false;
+            i = end;
+            continue;
+        }
+        match c {
+            '.' | '?' | '!' | ';' | ':' => {
+                out.push(text, Kind::Boundary, i, i + width, 0);
+                sentence_start = true;
+            }
+            ',' | '(' | ')' | '[' | ']' | '{' | '}' | '–' | '—' | '…' => {
+                out.push(text, Kind::Boundary, i, i + width, 0);
+            }
+            '→' => out.push(text, Kind::Operator, i, i + width, shape),
+            '€' | '$' | '£' | '¥' | '°' => out.push(text, Kind::Word, i, i + width, shape),
+            _ => {}
+        }
+        i += width;
+    }
+    let mut tokens = out.tokens.iter_mut().peekable();
+    while let Some(tok) = tokens.next() {
+        if tokens.peek().is_none_or(|n| n.kind == Kind::Boundary) {
+            tok.shape |= CLAUSE_FINAL;
+        }
+    }
+    out
+}
+
+impl Tokenized {
+    fn push(&mut self, text: &str, kind: Kind, start: usize, end: usize, shape: u16) {
+        if !self.lower.is_empty() {
+            self.lower.push(' ');
+        }
+        let low_start = self.lower.len();
+        for c in text[start..end].chars() {
+            match c {
+                '’' | '‘' => self.lower.push('\''),
+                'ĳ' | 'Ĳ' => self.lower.push_str("ij"),
+                c if c.is_ascii() => self.lower.push(c.to_ascii_lowercase()),
+                c => self.lower.extend(c.to_lowercase()),
+            }
+        }
+        // English possessive and Dutch plural "'s": "France's" is "france".
+        if kind == Kind::Word && self.lower.len() - low_start > 3 && self.lower.ends_with("'s") {
+            self.lower.truncate(self.lower.len() - 2);
+        }
+        self.tokens.push(Token {
+            kind,
+            raw: (start as u32, end as u32),
+            low: (low_start as u32, self.lower.len() as u32),
+            shape,
+        });
+    }
+}
+
+/// Letters, digits and what joins them inside one word or code token.
+fn scan_word(text: &str, start: usize) -> (usize, u16) {
+    let mut shape = 0;
+    let mut i = start;
+    let first = char_at(text, i).unwrap_or(' ');
+    if matches!(first, '_' | '$' | '@' | '#' | '/' | '.' | '~') {
+        shape |= CODE_LIKE;
+    }
+    if !first.is_alphanumeric() {
+        i += first.len_utf8();
+    }
+    let (mut letters, mut capitals, mut first_letter) = (0usize, 0usize, None);
+    let mut after_lower = false;
+    while let Some(c) = char_at(text, i) {
+        let width = c.len_utf8();
+        let next = char_at(text, i + width);
+        if c.is_alphanumeric() {
+            if c.is_alphabetic() {
+                letters += 1;
+                first_letter.get_or_insert(c);
+                if c.is_uppercase() {
+                    capitals += 1;
+                    if after_lower {
+                        shape |= INNER_CAPS;
+                    }
+                }
+                after_lower = c.is_lowercase();
+            }
+            i += width;
+            continue;
+        }
+        let prev_alnum = char_before(text, i).is_some_and(char::is_alphanumeric);
+        let next_alnum = next.is_some_and(char::is_alphanumeric);
+        match c {
+            '_' => {
+                shape |= CODE_LIKE;
+                i += width;
+            }
+            '\'' | '’' if prev_alnum && next.is_some_and(char::is_alphabetic) => i += width,
+            // A dot joins "os.path" and "config.yaml", not "e.g." or a full stop.
+            '.' if prev_alnum && next_alnum && segment_len(text, i + 1) >= 2 => {
+                shape |= CODE_LIKE;
+                i += width;
+            }
+            '.' if char_before(text, i).is_some_and(|p| p.is_ascii_digit())
+                && next.is_some_and(|n| n.is_ascii_digit()) =>
+            {
+                shape |= CODE_LIKE;
+                i += width;
+            }
+            '/' | '\\'
+                if next
+                    .is_some_and(|n| n.is_alphanumeric() || matches!(n, '.' | '_' | '~' | '/')) =>
+            {
+                shape |= CODE_LIKE;
+                i += width;
+            }
+            ':' if next == Some(':') => {
+                shape |= CODE_LIKE;
+                i += 2;
+            }
+            ':' if matches!(next, Some('/' | '\\')) => {
+                shape |= CODE_LIKE;
+                i += width;
+            }
+            '(' if next == Some(')') => {
+                shape |= CODE_LIKE;
+                i += 2;
+                break;
+            }
+            '+' if next == Some('+') => {
+                i += 2;
+                break;
+            }
+            '#' if !next_alnum => {
+                i += width;
+                break;
+            }
+            _ => break,
+        }
+    }
+    if letters >= 2 {
+        shape |= WORDLIKE;
+    }
+    if letters >= 2 && capitals == letters {
+        shape |= ALL_CAPS;
+    } else if first_letter.is_some_and(char::is_uppercase) {
+        shape |= CAPITALISED;
+    }
+    if first_letter.is_some_and(char::is_lowercase) {
+        shape |= LOWER_FIRST;
+    }
+    (i, shape)
+}
+
+/// Alphanumeric characters from `from` on.
+fn segment_len(text: &str, from: usize) -> usize {
+    text[from..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric())
+        .count()
+}
+
+/// "-r", "--force-with-lease", "--output=json".
+fn scan_flag(text: &str, start: usize) -> usize {
+    let body = text[start..].trim_start_matches('-');
+    let dashes = text.len() - start - body.len();
+    let len = body
+        .find(|c: char| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '=' | '.' | '/')))
+        .unwrap_or(body.len());
+    let len = body[..len].trim_end_matches(['.', '-', '/']).len();
+    start + dashes + len
+}
+
+/// Digits with separators between them, a prefix sign or currency symbol
+/// and a unit written on the number ("2,5", "2024-03-01", "€5", "5km", "20°C").
+fn scan_number(text: &str, start: usize) -> usize {
+    let b = text.as_bytes();
+    let mut i = start;
+    let first = char_at(text, i).unwrap_or('0');
+    if !first.is_ascii_digit() {
+        i += first.len_utf8();
+    }
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    while i + 1 < b.len()
+        && matches!(b[i], b'.' | b',' | b':' | b'/' | b'-')
+        && b[i + 1].is_ascii_digit()
+    {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    match char_at(text, i) {
+        Some('%') => i + 1,
+        Some('°') => {
+            let after = i + '°'.len_utf8();
+            after
+                + text[after..]
+                    .find(|c: char| !c.is_alphabetic())
+                    .unwrap_or(text.len() - after)
+        }
+        Some(c) if c.is_alphabetic() => {
+            i + text[i..]
+                .find(|c: char| !c.is_alphanumeric())
+                .unwrap_or(text.len() - i)
+        }
+        _ => i,
+    }
+}
+
+/// Whether a question is written in title case ("How To Reverse A List")
+/// or in capitals throughout; then capitals say nothing about names.
+fn writing_style(tokens: &[Token]) -> (bool, bool) {
+    let (mut words, mut inner, mut inner_capitalised, mut capitals) = (0, 0, 0, 0);
+    for t in tokens
+        .iter()
+        .filter(|t| t.kind == Kind::Word && t.shape & WORDLIKE != 0)
+    {
+        words += 1;
+        if t.shape & ALL_CAPS != 0 {
+            capitals += 1;
+        }
+        if t.shape & (SENTENCE_START | HYPHEN_PART) == 0 {
+            inner += 1;
+            if t.shape & CAPITALISED != 0 {
+                inner_capitalised += 1;
+            }
+        }
+    }
+    let title_case = inner >= 3 && inner_capitalised * 2 > inner;
+    let shouting = words >= 3 && capitals * 2 > words;
+    (title_case, shouting)
+}
+
+// ---------------------------------------------------------------------------
+// Numbers
+
+/// Unit ids beyond the listed units.
+const UNIT_ORDINAL: u32 = 0xFFFF_0001;
+const UNIT_TIME: u32 = 0xFFFF_0002;
+/// An unlisted unit written on a number ("4k"): this bit plus its hash.
+const UNIT_UNKNOWN: u32 = 0x8000_0000;
+/// The value of a unit named without a number ("how many miles").
+const NO_VALUE: u64 = u64::MAX;
+
+const ORDINAL_SUFFIXES: [&str; 7] = ["st", "nd", "rd", "th", "e", "de", "ste"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumberValue {
+    /// A decimal number: `key` identifies its value.
+    Plain {
+        key: u64,
+        integer: Option<u64>,
+        /// Digits written, without separators (a year has four).
+        digits: usize,
+    },
+    /// "10:30", in minutes.
+    Time(u32),
+    IsoDate(u32, u32, u32),
+    /// "01/03/2024": day and month order unknown, compared as written.
+    SlashDate(u64),
+    /// Versions, addresses, ranges ("3.12.1", "10-20"): compared as written.
+    Exact(u64),
+}
+
+#[derive(Debug)]
+struct ParsedNumber<'a> {
+    value: NumberValue,
+    prefix: Option<char>,
+    suffix: &'a str,
+}
+
+/// Parses a lower-cased number token. A lone separator before exactly
+/// three digits groups thousands ("1,000", "1.000"); otherwise it is the
+/// decimal mark, comma or point alike ("2,5" is "2.5").
+fn parse_number(low: &str) -> ParsedNumber<'_> {
+    let mut rest = low;
+    let mut prefix = None;
+    let mut negative = false;
+    if let Some(c) = rest.chars().next().filter(|c| !c.is_ascii_digit()) {
+        rest = &rest[c.len_utf8()..];
+        if c == '-' {
+            negative = true;
+        } else {
+            prefix = Some(c);
+        }
+    }
+    let core_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || ".,:/-".contains(c)))
+        .unwrap_or(rest.len());
+    let (core, suffix) = rest.split_at(core_len);
+    let exact = || NumberValue::Exact(fx_hash(core.as_bytes()) ^ 0x5bd1_e995);
+    let value = if core.contains('-') {
+        let parts: Vec<&str> = core.split('-').collect();
+        match parts.as_slice() {
+            [y, m, d] if y.len() == 4 && m.len() <= 2 && d.len() <= 2 => {
+                let (y, m, d) = (
+                    y.parse().unwrap_or(0),
+                    m.parse().unwrap_or(0),
+                    d.parse().unwrap_or(0),
+                );
+                if (1..=12).contains(&m) && (1..=31).contains(&d) {
+                    NumberValue::IsoDate(y, m, d)
+                } else {
+                    exact()
+                }
+            }
+            _ => exact(),
+        }
+    } else if core.contains('/') {
+        let parts: Vec<u64> = core.split('/').map(|p| p.parse().unwrap_or(0)).collect();
+        if parts.len() == 3 {
+            NumberValue::SlashDate(fx_hash(
+                &parts
+                    .iter()
+                    .flat_map(|p| p.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ))
+        } else {
+            exact()
+        }
+    } else if core.contains(':') {
+        match core.split_once(':') {
+            Some((h, m)) if m.len() == 2 && !m.contains(':') && h.len() <= 2 => NumberValue::Time(
+                h.parse::<u32>().unwrap_or(0) * 60 + m.parse::<u32>().unwrap_or(0),
+            ),
+            _ => exact(),
+        }
+    } else {
+        decimal(core, negative).unwrap_or_else(exact)
+    };
+    ParsedNumber {
+        value,
+        prefix,
+        suffix,
+    }
+}
+
+fn decimal(core: &str, negative: bool) -> Option<NumberValue> {
+    let mut groups = core.split(['.', ',']);
+    let head = groups.next().unwrap_or("");
+    let seps: Vec<u8> = core.bytes().filter(|b| matches!(b, b'.' | b',')).collect();
+    let tail: Vec<&str> = groups.collect();
+    let digits = core.bytes().filter(u8::is_ascii_digit).count();
+    let (integer_part, fraction): (Vec<&str>, &str) = match (seps.as_slice(), tail.as_slice()) {
+        ([], _) => (vec![head], ""),
+        ([_], [last]) if last.len() == 3 && head.len() <= 3 && head != "0" => {
+            (vec![head, last], "")
+        }
+        ([_], [last]) => (vec![head], last),
+        (many, groups) if many.iter().all(|s| *s == many[0]) => {
+            if !groups.iter().all(|g| g.len() == 3) {
+                return None;
+            }
+            (
+                std::iter::once(head)
+                    .chain(groups.iter().copied())
+                    .collect(),
+                "",
+            )
+        }
+        (many, groups) => {
+            // Mixed marks: the last one is decimal, the others group thousands.
+            let last_mark = many[many.len() - 1];
+            let grouping = &many[..many.len() - 1];
+            let (fraction, whole) = groups.split_last()?;
+            if grouping.iter().any(|s| *s == last_mark) || !whole.iter().all(|g| g.len() == 3) {
+                return None;
+            }
+            (
+                std::iter::once(head).chain(whole.iter().copied()).collect(),
+                fraction,
+            )
+        }
+    };
+    let fraction = fraction.trim_end_matches('0');
+    let mut mantissa: u128 = 0;
+    for d in integer_part
+        .iter()
+        .flat_map(|g| g.bytes())
+        .chain(fraction.bytes())
+    {
+        mantissa = mantissa.wrapping_mul(10).wrapping_add((d - b'0') as u128);
+    }
+    let scale = fraction.len() as u32;
+    let integer = (scale == 0 && !negative)
+        .then(|| u64::try_from(mantissa).ok())
+        .flatten();
+    Some(NumberValue::Plain {
+        key: number_key(mantissa, scale, negative),
+        integer,
+        digits,
+    })
+}
+
+fn number_key(mantissa: u128, scale: u32, negative: bool) -> u64 {
+    let mut bytes = [0u8; 21];
+    bytes[..16].copy_from_slice(&mantissa.to_le_bytes());
+    bytes[16..20].copy_from_slice(&scale.to_le_bytes());
+    bytes[20] = negative as u8;
+    fx_hash(&bytes)
+}
+
+/// The unit word right after token `i` ("5 km"), consumed.
+fn take_unit_after(p: &mut Profile<'_>, i: usize) -> u32 {
+    let next = i + p.slots[i].words.max(1) as usize;
+    match (p.toks.tokens.get(next), p.slots.get(next)) {
+        (Some(t), Some(slot)) if t.kind == Kind::Word && slot.words > 0 && !slot.used => {
+            match slot.entry.filter(|e| e.unit != 0) {
+                Some(e) => {
+                    p.slots[next].used = true;
+                    e.unit as u32
+                }
+                None => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Dates
+
+const DATE_KIND: u32 = 0xFF << 24;
+const DATE_MONTH: u32 = 1 << 24;
+const DATE_MONTH_DAY: u32 = 2 << 24;
+const DATE_YEAR: u32 = 3 << 24;
+const DATE_WEEKDAY: u32 = 4 << 24;
+const DATE_NAMED: u32 = 5 << 24;
+const DATE_NUMERIC: u32 = 6 << 24;
+
+/// Months with their day numbers: "1 March", "March 1st", "1st of March"
+/// all become (3, 1); the day number is then not a number of its own.
+fn attach_month_days(p: &mut Profile<'_>) {
+    for i in 0..p.toks.tokens.len() {
+        let slot = p.slots[i];
+        let Some(e) = slot.entry.filter(|e| e.date & DATE_KIND == DATE_MONTH) else {
+            continue;
+        };
+        if slot.words == 0 || slot.used {
+            continue;
+        }
+        let month = e.date & 0xFF;
+        let after = i + slot.words as usize;
+        let day = day_number(p, after)
+            .or_else(|| i.checked_sub(1).and_then(|b| day_number(p, b)))
+            .or_else(|| {
+                let of = i.checked_sub(1)?;
+                let of_word = &p.toks.lower[span(p.toks.tokens[of].low)];
+                if matches!(of_word, "of" | "van") {
+                    day_number(p, of.checked_sub(1)?)
+                } else {
+                    None
+                }
+            });
+        p.slots[i].used = true;
+        match day {
+            Some(d) => p.dates.push(DATE_MONTH_DAY | month << 8 | d),
+            None if !e.date_needs_context || has_date_context(p, i) => {
+                p.dates.push(DATE_MONTH | month)
+            }
+            None => p.slots[i].used = false,
+        }
+    }
+}
+
+/// The day of the month at token `i`, if it is one (consumed).
+fn day_number(p: &mut Profile<'_>, i: usize) -> Option<u32> {
+    let tok = p.toks.tokens.get(i)?;
+    if tok.kind != Kind::Number || p.slots[i].used {
+        return None;
+    }
+    let parsed = parse_number(&p.toks.lower[span(tok.low)]);
+    let ordinal_or_bare = parsed.suffix.is_empty() || ORDINAL_SUFFIXES.contains(&parsed.suffix);
+    match parsed.value {
+        NumberValue::Plain {
+            integer: Some(d @ 1..=31),
+            digits: 1 | 2,
+            ..
+        } if parsed.prefix.is_none() && ordinal_or_bare => {
+            p.slots[i].used = true;
+            Some(d as u32)
+        }
+        _ => None,
+    }
+}
+
+/// "May" is a month when capitalised inside a sentence or next to a number.
+fn has_date_context(p: &Profile<'_>, i: usize) -> bool {
+    let tokens = &p.toks.tokens;
+    let shape = tokens[i].shape;
+    let capitalised = shape & CAPITALISED != 0 && shape & SENTENCE_START == 0;
+    let number_near = |j: Option<usize>| {
+        j.and_then(|j| tokens.get(j))
+            .is_some_and(|t| t.kind == Kind::Number)
+    };
+    capitalised
+        || number_near(i.checked_sub(1))
+        || number_near(Some(i + p.slots[i].words.max(1) as usize))
+}
+
+// ---------------------------------------------------------------------------
+// Profiles and their comparison
+
+/// A token's resolved roles.
+#[derive(Clone, Copy, Default, Debug)]
+struct Slot {
+    entry: Option<Entry>,
+    /// Words of the listed phrase starting here; 0: inside a phrase.
+    words: u8,
+    /// Consumed by a neighbour (a unit after its number, a day by its month).
+    used: bool,
+}
+
+/// A token that the other question must contain.
+#[derive(Clone, Copy, Debug)]
+enum Needle {
+    /// Case-insensitive: a span of the lower-cased buffer.
+    Lower((u32, u32)),
+    /// Case-sensitive flag ("-r" is not "-R"): a span of the question.
+    Exact((u32, u32)),
+}
+
+/// A relation word with what stands before and after it.
+#[derive(Clone, Copy, Debug)]
+struct Site {
+    groups: u16,
+    left: [u64; LEFT_WINDOW],
+    right: u64,
+}
+
+/// Content words looked at before a relation word: "Is Amsterdam bigger
+/// than Rotterdam" needs two (the comparative sits between).
+const LEFT_WINDOW: usize = 4;
+
+struct Profile<'t> {
+    text: &'t str,
+    toks: Tokenized,
+    slots: Vec<Slot>,
+    /// (value key, unit), sorted; NO_VALUE for a unit named alone.
+    quantities: Vec<(u64, u32)>,
+    /// Date atoms, sorted.
+    dates: Vec<u32>,
+    negations: u32,
+    senses: Vec<Sense>,
+    names: Vec<(u32, u32)>,
+    code: Vec<Needle>,
+    sites: Vec<Site>,
+}
+
+impl Profile<'_> {
+    fn names_within(&self, other: &Profile<'_>) -> bool {
+        self.names
+            .iter()
+            .all(|&n| contains_phrase(&other.toks.lower, &self.toks.lower[span(n)]))
+    }
+
+    fn code_within(&self, other: &Profile<'_>) -> bool {
+        self.code.iter().all(|needle| match *needle {
+            Needle::Lower(n) => contains_phrase(&other.toks.lower, &self.toks.lower[span(n)]),
+            Needle::Exact(n) => {
+                let flag = &self.text[span(n)];
+                other
+                    .toks
+                    .tokens
+                    .iter()
+                    .any(|t| t.kind == Kind::Flag && &other.text[span(t.raw)] == flag)
+            }
+        })
+    }
+
+    /// The key of token `i` as an argument of a relation word, or why not.
+    fn argument(&self, i: usize) -> Argument {
+        let tok = self.toks.tokens[i];
+        let slot = self.slots[i];
+        if tok.kind == Kind::Boundary {
+            return Argument::End;
+        }
+        if slot.words == 0 {
+            return Argument::Skip;
+        }
+        let low = &self.toks.lower[span(tok.low)];
+        match tok.kind {
+            Kind::Number | Kind::Flag => Argument::Key(fx_hash(low.as_bytes())),
+            Kind::Operator if slot.entry.is_none() => Argument::Key(fx_hash(low.as_bytes())),
+            Kind::Word if !slot.used => match slot.entry {
+                Some(e) if e.unit != 0 => Argument::Key(e.unit as u64 | 1 << 40),
+                Some(e)
+                    if e.stop
+                        || e.idiom
+                        || e.negation
+                        || e.relation != 0
+                        || e.sense.is_some_and(|s| s.direction) =>
+                {
+                    Argument::Skip
+                }
+                _ => {
+                    let end = self.toks.tokens[i + slot.words as usize - 1].low.1;
+                    let phrase = &self.toks.lower[tok.low.0 as usize..end as usize];
+                    Argument::Key(fx_hash(stem(phrase).as_bytes()))
+                }
+            },
+            _ => Argument::Skip,
+        }
+    }
+}
+
+enum Argument {
+    Key(u64),
+    Skip,
+    End,
+}
+
+/// Plural "s" dropped, so "miles" and "mile" are one argument.
+fn stem(word: &str) -> &str {
+    if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
+        &word[..word.len() - 1]
+    } else {
+        word
+    }
+}
+
+fn relation_sites(p: &mut Profile<'_>) {
+    let mut sites = Vec::new();
+    for i in 0..p.toks.tokens.len() {
+        let slot = p.slots[i];
+        let Some(groups) = slot.entry.map(|e| e.relation).filter(|g| *g != 0) else {
+            continue;
+        };
+        if slot.words == 0 {
+            continue;
+        }
+        let mut left = [0u64; LEFT_WINDOW];
+        let mut found = 0;
+        for j in (0..i).rev() {
+            match p.argument(j) {
+                Argument::End => break,
+                Argument::Skip => {}
+                Argument::Key(k) => {
+                    left[found] = k;
+                    found += 1;
+                    if found == LEFT_WINDOW {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut right = 0;
+        for j in i + slot.words as usize..p.toks.tokens.len() {
+            match p.argument(j) {
+                Argument::End => break,
+                Argument::Skip => {}
+                Argument::Key(k) => {
+                    right = k;
+                    break;
+                }
+            }
+        }
+        if found > 0 && right != 0 {
+            sites.push(Site {
+                groups,
+                left,
+                right,
+            });
+        }
+    }
+    p.sites = sites;
+}
+
+/// "a string to an int" vs "an int to a string": what follows a relation
+/// word in one question precedes the same relation word in the other, and
+/// the other way round.
+fn arguments_swapped(a: &[Site], b: &[Site]) -> bool {
+    a.iter().any(|sa| {
+        b.iter().any(|sb| {
+            sa.groups & sb.groups != 0
+                && sa.right != sb.right
+                && sb.left.contains(&sa.right)
+                && sa.left.contains(&sb.right)
+        })
+    })
+}
+
+/// Whether `needle` occurs in `hay` as whole tokens (both are lower-cased
+/// buffers with tokens separated by single spaces).
+fn contains_phrase(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let (hay_b, len) = (hay.as_bytes(), needle.len());
+    memchr::memmem::find_iter(hay_b, needle.as_bytes()).any(|at| {
+        (at == 0 || hay_b[at - 1] == b' ') && (at + len == hay_b.len() || hay_b[at + len] == b' ')
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Hashing
+
+/// Small, fast, non-cryptographic hash for short keys (the word table is
+/// built from shipped lists, not from user input).
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ byte as u64).wrapping_mul(FX_SEED);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ byte as u64).wrapping_mul(FX_SEED);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+fn fx_hash(bytes: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(bytes);
+    // Never 0, which marks "no argument" in a site.
+    h.finish() | 1
+}
