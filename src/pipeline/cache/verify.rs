@@ -127,7 +127,7 @@ impl Verifier {
         lists.flag_items(STOP_WORDS, |e| e.stop = true);
         lists.flag_items(NEGATIONS, |e| e.negation = true);
         lists.flag_items(IDIOMS, |e| e.idiom = true);
-        lists.flag_items(NAMES, |e| e.name = true);
+        lists.names(NAMES);
         lists.flag_items(SQL_KEYWORDS, |e| e.sql = true);
         lists.relations(RELATIONS);
         lists.units(UNITS);
@@ -250,6 +250,7 @@ impl Verifier {
             entry: None,
             words: 1,
             used: false,
+            name: false,
         };
         p.slots = vec![one_token; tokens.len()];
         let mut i = 0;
@@ -398,9 +399,14 @@ impl Verifier {
             p.senses.push(sense);
         }
         if e.name {
-            p.names.push(phrase);
+            p.names.push((phrase, e.name_group));
+            p.slots[i].name = true;
         } else if e.sql && tok.shape & ALL_CAPS != 0 && !shouting {
             p.code.push(Needle::Lower(phrase));
+        } else if e.stop && tok.shape & ALL_CAPS != 0 && !shouting && e.is_only_stop() {
+            // An acronym that is also a stop word: "US", "IT", "WHO".
+            p.names.push((phrase, e.name_group));
+            p.slots[i].name = true;
         } else if !e.has_meaning() {
             name_or_code(p, i, phrase, title_case, shouting);
         }
@@ -429,7 +435,8 @@ fn name_or_code(
     let emphasised =
         (shape & ALL_CAPS != 0 && !shouting) || shape & (INNER_CAPS | LOWER_FIRST) == INNER_CAPS;
     if capitalised || emphasised {
-        p.names.push(phrase);
+        p.names.push((phrase, 0));
+        p.slots[i].name = true;
     }
 }
 
@@ -444,6 +451,8 @@ struct Entry {
     /// A listed idiom: its words lose their other roles.
     idiom: bool,
     name: bool,
+    /// Names that are aliases of each other ("mac", "macos") share a group.
+    name_group: u16,
     sql: bool,
     /// Bit set of relation groups (relation.txt line order).
     relation: u16,
@@ -465,6 +474,15 @@ struct Entry {
 }
 
 impl Entry {
+    /// A stop word and nothing else ("us", not "no" or "in").
+    fn is_only_stop(&self) -> bool {
+        let without_stop = Entry {
+            stop: false,
+            ..*self
+        };
+        self.stop && !without_stop.has_meaning()
+    }
+
     /// Has a role that makes it something other than a name or code token.
     fn has_meaning(&self) -> bool {
         self.stop
@@ -510,6 +528,7 @@ struct Lists {
     clause_final: FxMap<Box<str>, Entry>,
     scale_class: Vec<Rejection>,
     relation_groups: usize,
+    name_groups: u16,
     units: usize,
     named_dates: Vec<String>,
 }
@@ -594,6 +613,27 @@ impl Lists {
         for line in list_lines(text) {
             for item in list_items(line) {
                 set(self.entry(item));
+            }
+        }
+    }
+
+    /// Names, one by one or as "canonical = alias, alias" groups.
+    fn names(&mut self, text: &str) {
+        for line in list_lines(text) {
+            let (group, items) = match line.split_once(" = ") {
+                Some((_canonical, items)) => {
+                    self.name_groups += 1;
+                    (self.name_groups, items)
+                }
+                None => (0, line),
+            };
+            for item in list_items(items) {
+                let e = self.entry(item);
+                e.name = true;
+                if group != 0 {
+                    assert!(e.name_group == 0, "name {item:?} is in two alias groups");
+                    e.name_group = group;
+                }
             }
         }
     }
@@ -1011,7 +1051,10 @@ fn scan_word(text: &str, start: usize) -> (usize, u16) {
             }
             '\'' | '’' if prev_alnum && next.is_some_and(char::is_alphabetic) => i += width,
             // A dot joins "os.path" and "config.yaml", not "e.g." or a full stop.
-            '.' if prev_alnum && next_alnum && segment_len(text, i + 1) >= 2 => {
+            '.' if (prev_alnum || char_before(text, i) == Some('/'))
+                && next_alnum
+                && segment_len(text, i + 1) >= 2 =>
+            {
                 shape |= CODE_LIKE;
                 i += width;
             }
@@ -1144,7 +1187,8 @@ fn writing_style(tokens: &[Token]) -> (bool, bool) {
         }
     }
     let title_case = inner >= 3 && inner_capitalised * 2 > inner;
-    let shouting = words >= 3 && capitals * 2 > words;
+    // Three quarters: "Use UNION ALL in SQL" is code, not shouting.
+    let shouting = words >= 3 && capitals * 4 >= words * 3;
     (title_case, shouting)
 }
 
@@ -1426,6 +1470,8 @@ struct Slot {
     words: u8,
     /// Consumed by a neighbour (a unit after its number, a day by its month).
     used: bool,
+    /// A name ("Windows"): a version number right after it belongs to it.
+    name: bool,
 }
 
 /// A token that the other question must contain.
@@ -1459,16 +1505,18 @@ struct Profile<'t> {
     dates: Vec<u32>,
     negations: u32,
     senses: Vec<Sense>,
-    names: Vec<(u32, u32)>,
+    /// Name spans with their alias group (0: none).
+    names: Vec<((u32, u32), u16)>,
     code: Vec<Needle>,
     sites: Vec<Site>,
 }
 
 impl Profile<'_> {
     fn names_within(&self, other: &Profile<'_>) -> bool {
-        self.names
-            .iter()
-            .all(|&n| contains_phrase(&other.toks.lower, &self.toks.lower[span(n)]))
+        self.names.iter().all(|&(name, group)| {
+            (group != 0 && other.names.iter().any(|&(_, g)| g == group))
+                || contains_phrase(&other.toks.lower, &self.toks.lower[span(name)])
+        })
     }
 
     fn code_within(&self, other: &Profile<'_>) -> bool {
@@ -1521,6 +1569,7 @@ impl Profile<'_> {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Argument {
     Key(u64),
     Skip,
@@ -1537,8 +1586,28 @@ fn stem(word: &str) -> &str {
 }
 
 fn relation_sites(p: &mut Profile<'_>) {
+    let has_relation = p
+        .slots
+        .iter()
+        .any(|s| s.words > 0 && s.entry.is_some_and(|e| e.relation != 0));
+    if !has_relation {
+        return;
+    }
+    let n = p.toks.tokens.len();
+    let mut args: Vec<Argument> = (0..n).map(|i| p.argument(i)).collect();
+    // "Windows 10", "iPhone 15": a name and its version are one argument.
+    for i in 0..n {
+        let next = i + p.slots[i].words.max(1) as usize;
+        if !p.slots[i].name || next >= n || p.toks.tokens[next].kind != Kind::Number {
+            continue;
+        }
+        if let (Argument::Key(name), Argument::Key(version)) = (args[i], args[next]) {
+            args[i] = Argument::Key(name.rotate_left(17) ^ version);
+            args[next] = Argument::Skip;
+        }
+    }
     let mut sites = Vec::new();
-    for i in 0..p.toks.tokens.len() {
+    for i in 0..n {
         let slot = p.slots[i];
         let Some(groups) = slot.entry.map(|e| e.relation).filter(|g| *g != 0) else {
             continue;
@@ -1548,8 +1617,8 @@ fn relation_sites(p: &mut Profile<'_>) {
         }
         let mut left = [0u64; LEFT_WINDOW];
         let mut found = 0;
-        for j in (0..i).rev() {
-            match p.argument(j) {
+        for arg in args[..i].iter().rev() {
+            match *arg {
                 Argument::End => break,
                 Argument::Skip => {}
                 Argument::Key(k) => {
@@ -1562,8 +1631,8 @@ fn relation_sites(p: &mut Profile<'_>) {
             }
         }
         let mut right = 0;
-        for j in i + slot.words as usize..p.toks.tokens.len() {
-            match p.argument(j) {
+        for arg in &args[i + slot.words as usize..] {
+            match *arg {
                 Argument::End => break,
                 Argument::Skip => {}
                 Argument::Key(k) => {
@@ -1583,18 +1652,31 @@ fn relation_sites(p: &mut Profile<'_>) {
     p.sites = sites;
 }
 
-/// "a string to an int" vs "an int to a string": what follows a relation
-/// word in one question precedes the same relation word in the other, and
-/// the other way round.
+/// "a string to an int" vs "an int to a string": what stands before a
+/// relation word in one question follows it in the other, and the other
+/// question does not also hold the first order (a question that holds both
+/// orders, "from A to B and from B to A", swaps nothing).
 fn arguments_swapped(a: &[Site], b: &[Site]) -> bool {
-    a.iter().any(|sa| {
-        b.iter().any(|sb| {
-            sa.groups & sb.groups != 0
-                && sa.right != sb.right
-                && sb.left.contains(&sa.right)
-                && sa.left.contains(&sb.right)
+    one_way_swap(a, b) || one_way_swap(b, a)
+}
+
+fn one_way_swap(a: &[Site], b: &[Site]) -> bool {
+    a.iter().any(|site| {
+        site.left.iter().filter(|&&k| k != 0).any(|&before| {
+            let after = site.right;
+            before != after
+                && holds_order(b, after, before, site.groups)
+                && !holds_order(b, before, after, site.groups)
         })
     })
+}
+
+/// Whether some relation word of `groups` has `before` among its left
+/// arguments and `after` as its right one.
+fn holds_order(sites: &[Site], before: u64, after: u64, groups: u16) -> bool {
+    sites
+        .iter()
+        .any(|s| s.groups & groups != 0 && s.right == after && s.left.contains(&before))
 }
 
 /// Whether `needle` occurs in `hay` as whole tokens (both are lower-cased
@@ -1647,4 +1729,579 @@ fn fx_hash(bytes: &[u8]) -> u64 {
     h.write(bytes);
     // Never 0, which marks "no argument" in a site.
     h.finish() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn verifier() -> &'static Verifier {
+        static V: OnceLock<Verifier> = OnceLock::new();
+        V.get_or_init(Verifier::new)
+    }
+
+    /// Checks both directions and returns the result of the first.
+    fn check(a: &str, b: &str) -> Result<(), Rejection> {
+        let there = verifier().check(a, b);
+        let back = verifier().check(b, a);
+        assert_eq!(there.is_ok(), back.is_ok(), "asymmetric: {a:?} / {b:?}");
+        there
+    }
+
+    fn refused(class: Rejection, pairs: &[(&str, &str)]) {
+        for (a, b) in pairs {
+            assert_eq!(check(a, b), Err(class), "{a:?} / {b:?}");
+        }
+    }
+
+    fn accepted(pairs: &[(&str, &str)]) {
+        for (a, b) in pairs {
+            assert_eq!(check(a, b), Ok(()), "{a:?} / {b:?}");
+        }
+    }
+
+    fn lowered(text: &str) -> Vec<String> {
+        let t = tokenize(text);
+        t.tokens
+            .iter()
+            .map(|tok| t.lower[span(tok.low)].to_string())
+            .collect()
+    }
+
+    fn number_value(text: &str) -> NumberValue {
+        parse_number(text).value
+    }
+
+    /// What a number is compared by: its value, not how it was written.
+    fn number_key_of(text: &str) -> u64 {
+        match parse_number(text).value {
+            NumberValue::Plain { key, .. } | NumberValue::Exact(key) => key,
+            other => panic!("{text:?} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn labels_are_the_metric_names_in_check_order() {
+        let labels: Vec<&str> = Rejection::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "number",
+                "date",
+                "negation",
+                "direction",
+                "name",
+                "code",
+                "antonym",
+                "argument_order"
+            ]
+        );
+        assert_eq!(Rejection::ArgumentOrder.to_string(), "argument_order");
+    }
+
+    #[test]
+    fn verifier_is_shareable_across_threads() {
+        fn shareable<T: Send + Sync>(_: &T) {}
+        shareable(verifier());
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    verifier().check("convert 5 km to miles", "convert 5 miles to km")
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().ok(), Some(Err(Rejection::Number)));
+        }
+    }
+
+    #[test]
+    fn shipped_lists_give_words_their_roles() {
+        let v = verifier();
+        let role = |w: &str| v.words.get(w).copied().unwrap_or_default();
+        assert!(role("niet").negation && role("without").negation);
+        assert!(role("the").stop && role("welke").stop);
+        assert_ne!(role("kilometres").unit, 0);
+        assert_eq!(role("kilometres").unit, role("km").unit);
+        assert_eq!(role("maart").date, role("march").date);
+        assert!(role("naar").relation & role("to").relation != 0);
+        assert_eq!(role("twintig").number, Some(20));
+        assert!(role("amsterdam").name);
+        assert_eq!(role("mac").name_group, role("macos").name_group);
+        let (enable, disable) = (role("inschakelen").sense, role("disable").sense);
+        assert!(enable
+            .zip(disable)
+            .is_some_and(|(e, d)| e.scale == d.scale && e.alternative != d.alternative));
+        assert!(
+            role("prior to").sense.is_some(),
+            "phrases are keyed by their words"
+        );
+        assert_eq!(role("prior").phrase_words, 2);
+        assert!(
+            role("bigger than").relation != 0,
+            "a phrase keeps its relation word"
+        );
+        assert!(v.clause_final.get("on").is_some_and(|e| e.sense.is_some()));
+    }
+
+    #[test]
+    fn tokens_keep_words_code_and_numbers_whole() {
+        assert_eq!(
+            lowered("Don't use os.path.join() here!"),
+            ["don't", "use", "os.path.join()", "here", "!"]
+        );
+        assert_eq!(lowered("France's capital"), ["france", "capital"]);
+        assert_eq!(
+            lowered("git reset --soft HEAD"),
+            ["git", "reset", "--soft", "head"]
+        );
+        assert_eq!(
+            lowered("if x >= 10 && y != 2"),
+            ["if", "x", ">=", "10", "&&", "y", "!=", "2"]
+        );
+        assert_eq!(
+            lowered("walk 5km at 20°C for 2,5 uur"),
+            ["walk", "5km", "at", "20°c", "for", "2,5", "uur"]
+        );
+        assert_eq!(lowered("e.g. this"), ["e", ".", "g", ".", "this"]);
+        assert_eq!(
+            lowered("Wi-Fi in BELGIË, de IJssel en de ĳs"),
+            ["wi", "fi", "in", "belgië", ",", "de", "ijssel", "en", "de", "ijs"]
+        );
+        assert_eq!(
+            lowered("read /etc/hosts and ~/.bashrc"),
+            ["read", "/etc/hosts", "and", "~/.bashrc"]
+        );
+        assert_eq!(
+            lowered("zzp'er of 's avonds"),
+            ["zzp'er", "of", "s", "avonds"]
+        );
+    }
+
+    #[test]
+    fn tokens_carry_their_shape() {
+        let t = tokenize("What does `getItem` do in JavaScript? Ask NASA.");
+        let shape = |word: &str| {
+            t.tokens
+                .iter()
+                .find(|tok| &t.lower[span(tok.low)] == word)
+                .map(|tok| tok.shape)
+                .unwrap_or_default()
+        };
+        assert_ne!(shape("what") & SENTENCE_START, 0);
+        assert_ne!(shape("getitem") & IN_BACKTICKS, 0);
+        assert_eq!(
+            shape("getitem") & (INNER_CAPS | LOWER_FIRST),
+            INNER_CAPS | LOWER_FIRST
+        );
+        assert_ne!(shape("javascript") & CAPITALISED, 0);
+        assert_ne!(shape("javascript") & CLAUSE_FINAL, 0);
+        assert_ne!(shape("ask") & SENTENCE_START, 0);
+        assert_ne!(shape("nasa") & ALL_CAPS, 0);
+        let quoted = tokenize("search for 'foo bar' and \u{201c}baz\u{201d}, not auto's");
+        assert_eq!(quoted.quotes, [(2, 4), (5, 6)]);
+    }
+
+    #[test]
+    fn decimal_comma_and_point_are_the_same_number() {
+        let same = |a: &str, b: &str| number_key_of(a) == number_key_of(b);
+        assert!(same("2,5", "2.5"));
+        assert!(same("2,50", "2.5"));
+        assert!(same("1,000", "1000"));
+        assert!(same("1.000", "1000"));
+        assert!(same("1.000,5", "1,000.50"));
+        assert!(same("1.000.000", "1,000,000"));
+        assert!(!same("3.12", "3.11"));
+        assert!(!same("0.500", "500"));
+        assert!(!same("-5", "5"));
+        assert!(matches!(number_value("3.12.1"), NumberValue::Exact(_)));
+        assert_ne!(number_value("3.12.1"), number_value("3.12.2"));
+        assert_eq!(number_value("2024-03-01"), NumberValue::IsoDate(2024, 3, 1));
+        assert_eq!(number_value("10:30"), NumberValue::Time(630));
+        let parsed = parse_number("€12,50");
+        assert_eq!((parsed.prefix, parsed.suffix), (Some('€'), ""));
+        assert_eq!(parse_number("5km").suffix, "km");
+    }
+
+    #[test]
+    fn numbers_must_agree_with_their_units() {
+        refused(
+            Rejection::Number,
+            &[
+                ("convert 5 km to miles", "convert 5 miles to km"),
+                ("How long is a 10 km run?", "How long is a 12 km run?"),
+                (
+                    "How many miles is a marathon?",
+                    "How many km is a marathon?",
+                ),
+                ("Is 1 liter enough?", "Is 1 gallon enough?"),
+                (
+                    "Hoeveel is 2,5 kilo in gram?",
+                    "Hoeveel is 3,5 kilo in gram?",
+                ),
+                (
+                    "Wat kost parkeren voor 2 uur?",
+                    "Wat kost parkeren voor 2 dagen?",
+                ),
+                ("Install Python 3.12", "Install Python 3.11"),
+            ],
+        );
+        accepted(&[
+            ("convert 5 km to miles", "how many miles is 5 kilometres"),
+            ("How long is a 5km run?", "How long does a 5 km run take?"),
+            ("Is 2,5 liter genoeg?", "Is 2.5 litre genoeg?"),
+            ("Recipe for two cups of rice", "Recipe for 2 cups of rice"),
+            ("Is 1,000 euros a lot?", "Is €1000 a lot?"),
+            (
+                "What does 20°C feel like?",
+                "What does 20 degrees celsius feel like?",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn dates_must_agree() {
+        refused(
+            Rejection::Date,
+            &[
+                (
+                    "Is the shop open on Saturday?",
+                    "Is the shop open on Sunday?",
+                ),
+                (
+                    "Is the shop open in the weekend?",
+                    "Is the shop open on Saturday?",
+                ),
+                (
+                    "Events in Amsterdam in March",
+                    "Events in Amsterdam on March 3",
+                ),
+                ("Tax rules for 2023", "Tax rules for 2024"),
+                ("Is de winkel open op 1 mei?", "Is de winkel open op 5 mei?"),
+                ("Wat is het weer morgen?", "Wat is het weer vandaag?"),
+            ],
+        );
+        accepted(&[
+            (
+                "Is the shop open on 2024-03-01?",
+                "Is the shop open on 1 March 2024?",
+            ),
+            (
+                "Is the shop open on March 1st, 2024?",
+                "Is the shop open on 1 March 2024?",
+            ),
+            (
+                "Is de winkel open op 1 maart?",
+                "Is de winkel op maart 1 open?",
+            ),
+            (
+                "Is the shop open on Saturdays?",
+                "Is the shop open on Saturday?",
+            ),
+            ("May I bring my dog?", "Can I bring my dog?"),
+        ]);
+        refused(
+            Rejection::Date,
+            &[("Is it open in May?", "Is it open in June?")],
+        );
+    }
+
+    #[test]
+    fn negations_must_agree() {
+        refused(
+            Rejection::Negation,
+            &[
+                (
+                    "SELECT rows WHERE x IS NULL",
+                    "SELECT rows WHERE x IS NOT NULL",
+                ),
+                ("Why does my code work?", "Why doesn't my code work?"),
+                (
+                    "Can I travel with an ID card?",
+                    "Can I travel without an ID card?",
+                ),
+                (
+                    "How do I find non-empty files?",
+                    "How do I find empty files?",
+                ),
+                ("Heb ik een visum nodig?", "Heb ik geen visum nodig?"),
+                ("Mag ik hier parkeren?", "Mag ik hier niet parkeren?"),
+            ],
+        );
+        accepted(&[
+            (
+                "Why doesn't my code compile?",
+                "Why does my code not compile?",
+            ),
+            (
+                "Coffee without sugar: healthy?",
+                "Is coffee with no sugar healthy?",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn direction_words_must_agree() {
+        refused(
+            Rejection::Direction,
+            &[
+                (
+                    "Can I return it within 30 days?",
+                    "Can I return it after 30 days?",
+                ),
+                ("How do I sort ascending?", "How do I sort descending?"),
+                (
+                    "How do I sort a list?",
+                    "How do I sort a list in descending order?",
+                ),
+                (
+                    "How do I round up in Excel?",
+                    "How do I round down in Excel?",
+                ),
+                (
+                    "Which plans allow more than 10 users?",
+                    "Which plans allow at most 10 users?",
+                ),
+                (
+                    "Kan ik binnen 14 dagen retourneren?",
+                    "Kan ik na 14 dagen retourneren?",
+                ),
+                ("Hoe sorteer ik oplopend?", "Hoe sorteer ik aflopend?"),
+            ],
+        );
+        // Weak words count only against their own scale.
+        accepted(&[
+            ("Tell me more about Python", "Explain Python"),
+            ("How do I set up SSH?", "How do I configure SSH?"),
+            (
+                "Which plans allow more than 10 users?",
+                "Which plans allow over 10 users?",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn names_must_appear_in_both() {
+        refused(
+            Rejection::Name,
+            &[
+                (
+                    "What is the capital of Australia?",
+                    "What is the capital of Austria?",
+                ),
+                ("reverse a list in python", "reverse a list in java"),
+                ("Paris: best museums", "Best museums in London"),
+                (
+                    "Hoe laat vertrekt de trein naar Zwolle?",
+                    "Hoe laat vertrekt de trein naar Amersfoort?",
+                ),
+                (
+                    "How do I file taxes in the US?",
+                    "How do I file taxes in the UK?",
+                ),
+            ],
+        );
+        accepted(&[
+            (
+                "What is the capital of France?",
+                "Tell me the capital city of France",
+            ),
+            (
+                "How do I reverse a list in Python?",
+                "Python: how to reverse a list?",
+            ),
+            ("What time is it in Tokyo?", "Current time in Tokyo"),
+            (
+                "How To Reverse A List In Python",
+                "How do I reverse a list in Python?",
+            ),
+            ("HOW DO I RESET MY ROUTER", "How can I reset my router?"),
+            (
+                "How do I take a screenshot on a Mac?",
+                "Screenshot shortcut on macOS",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn code_tokens_must_appear_in_both() {
+        refused(
+            Rejection::Code,
+            &[
+                (
+                    "What does git reset --soft do?",
+                    "What does git reset --hard do?",
+                ),
+                ("What does ls -r do?", "What does ls -R do?"),
+                (
+                    "Difference between == and ===",
+                    "Difference between == and !=",
+                ),
+                ("How do I use os.path.join?", "How do I use os.path.split?"),
+                (
+                    "Search for 'foo bar' with grep",
+                    "Search for 'foo baz' with grep",
+                ),
+                ("Waarom faalt `x >= 10`?", "Waarom faalt `x <= 10`?"),
+                ("Use UNION ALL in SQL", "Use UNION in SQL"),
+            ],
+        );
+        accepted(&[
+            (
+                "What does `git reset --soft` do?",
+                "what does git reset --soft do",
+            ),
+            (
+                "Why does getItem return null?",
+                "getItem returns null, why?",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn antonyms_refuse_only_when_both_questions_use_the_pair() {
+        refused(
+            Rejection::Antonym,
+            &[
+                ("How do I enable 2FA?", "How do I disable 2FA?"),
+                (
+                    "Should I keep old receipts?",
+                    "Should I discard old receipts?",
+                ),
+                (
+                    "How do I turn the lights on?",
+                    "How do I turn the lights off?",
+                ),
+                ("Hoe schakel ik de wifi in?", "Hoe schakel ik de wifi uit?"),
+                ("Hoe zet ik de updates aan?", "Hoe zet ik de updates uit?"),
+                ("Hoe log ik in bij de bank?", "Hoe log ik uit bij de bank?"),
+            ],
+        );
+        accepted(&[
+            ("How do I enable dark mode?", "How do I get dark mode?"),
+            ("How do I delete a branch?", "How do I remove a branch?"),
+            ("How do I free up disk space?", "How do I clear disk space?"),
+        ]);
+    }
+
+    #[test]
+    fn swapped_arguments_of_a_relation_word_are_refused() {
+        refused(
+            Rejection::ArgumentOrder,
+            &[
+                ("convert a string to an int", "convert an int to a string"),
+                ("Is 7 greater than 3?", "Is 3 greater than 7?"),
+                (
+                    "Is Amsterdam bigger than Rotterdam?",
+                    "Is Rotterdam bigger than Amsterdam?",
+                ),
+                ("divide 10 by 2", "divide 2 by 10"),
+                (
+                    "sorteer van klein naar groot",
+                    "sorteer van groot naar klein",
+                ),
+                (
+                    "Kan ik van Windows 10 naar Windows 11?",
+                    "Kan ik van Windows 11 naar Windows 10?",
+                ),
+            ],
+        );
+        accepted(&[
+            (
+                "Send files from my phone to my laptop",
+                "Send files to my laptop from my phone",
+            ),
+            (
+                "Can I take my dog to Paris by train?",
+                "Can I take the train to Paris with my dog?",
+            ),
+            (
+                "Convert a string to an int in Python",
+                "In Python, convert a string to an int",
+            ),
+            (
+                "Python vs Java for beginners",
+                "Java vs Python for beginners",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn the_same_question_passes_whatever_its_spacing() {
+        accepted(&[("  How do I  sort a list?", "How do I sort a list ?")]);
+    }
+
+    proptest! {
+        /// Arbitrary text, including odd Unicode and stray quotes, never
+        /// panics, and the verdict does not depend on which side asked.
+        #[test]
+        fn any_text_is_checked_symmetrically(a in "\\PC{0,80}", b in "\\PC{0,80}") {
+            let v = verifier();
+            prop_assert_eq!(v.check(&a, &b).is_ok(), v.check(&b, &a).is_ok());
+        }
+
+        /// Questions built from meaningful words: a question always agrees
+        /// with itself respaced, and the verdict is symmetric.
+        #[test]
+        fn a_question_agrees_with_itself(words in proptest::collection::vec(proptest::sample::select(VOCABULARY), 1..14),
+                                         others in proptest::collection::vec(proptest::sample::select(VOCABULARY), 1..14)) {
+            let v = verifier();
+            let a = words.join(" ");
+            let spaced = format!(" {} ", words.join("  "));
+            prop_assert_eq!(v.check(&a, &spaced), Ok(()));
+            let b = others.join(" ");
+            prop_assert_eq!(v.check(&a, &b).is_ok(), v.check(&b, &a).is_ok());
+        }
+    }
+
+    const VOCABULARY: &[&str] = &[
+        "How",
+        "do",
+        "I",
+        "convert",
+        "5",
+        "km",
+        "to",
+        "miles",
+        "2,5",
+        "kilo",
+        "naar",
+        "van",
+        "Python",
+        "Java",
+        "not",
+        "geen",
+        "before",
+        "after",
+        "ascending",
+        "enable",
+        "disable",
+        "on",
+        "off",
+        "`x`",
+        "--soft",
+        "==",
+        "Monday",
+        "1",
+        "March",
+        "2024",
+        "May",
+        "than",
+        "bigger",
+        "string",
+        "int",
+        "'quoted",
+        "text'",
+        "?",
+        ",",
+        "zet",
+        "aan",
+        "uit",
+        "in",
+        "Wi-Fi",
+        "iPhone",
+        "15",
+    ];
 }
