@@ -178,15 +178,22 @@ impl Verifier {
     }
 
     /// True if a direction or antonym scale of `class` is used differently.
-    /// Both questions using a scale must pick the same alternatives; a
-    /// decisive (non-weak) word in one question also refuses when the
-    /// other does not use the scale at all.
+    /// A decisive (non-weak) word in one question refuses when the other
+    /// does not use its scale at all. When both use a scale, direction
+    /// words must pick the same alternatives; antonyms refuse only when
+    /// each question picks one the other does not ("enable" / "disable"),
+    /// since a long question may use both sides ("a small shop with a
+    /// large table") where its paraphrase names one.
     fn scales_differ(&self, a: &[Sense], b: &[Sense], class: Rejection) -> bool {
         let of_class = |s: &&Sense| self.scale_class[s.scale as usize] == class;
         a.iter().chain(b.iter()).filter(of_class).any(|sense| {
             let (mask_a, decisive_a) = scale_use(a, sense.scale);
             let (mask_b, decisive_b) = scale_use(b, sense.scale);
-            (mask_a != 0 && mask_b != 0 && mask_a != mask_b)
+            let picked_differently = match class {
+                Rejection::Antonym => mask_a & !mask_b != 0 && mask_b & !mask_a != 0,
+                _ => mask_a != mask_b,
+            };
+            (mask_a != 0 && mask_b != 0 && picked_differently)
                 || (decisive_a != 0 && mask_b == 0)
                 || (decisive_b != 0 && mask_a == 0)
         })
@@ -254,9 +261,10 @@ impl Verifier {
         };
         p.slots = vec![one_token; tokens.len()];
         let mut i = 0;
+        let mut gapped_key = String::new();
         while i < tokens.len() {
             let tok = tokens[i];
-            if !matches!(tok.kind, Kind::Word | Kind::Operator) {
+            if !matches!(tok.kind, Kind::Word | Kind::Operator) || p.slots[i].words == 0 {
                 i += 1;
                 continue;
             }
@@ -279,6 +287,28 @@ impl Verifier {
                     if let Some(phrase) = self.words.get(key) {
                         entry = Some(phrase);
                         words = len;
+                        break;
+                    }
+                }
+            }
+            if words == 1 && single.is_some_and(|e| e.gapped) {
+                // A Dutch separable verb: "zet de wifi aan", "log ik uit".
+                let clause = tokens[i + 1..]
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, t)| t.kind != Kind::Boundary)
+                    .take(GAP_WORDS);
+                for (offset, t) in clause {
+                    if t.kind != Kind::Word {
+                        continue;
+                    }
+                    gapped_key.clear();
+                    gapped_key.push_str(&lower[span(tok.low)]);
+                    gapped_key.push_str(" ... ");
+                    gapped_key.push_str(&lower[span(t.low)]);
+                    if let Some(phrase) = self.words.get(gapped_key.as_str()) {
+                        entry = Some(phrase);
+                        p.slots[i + 1 + offset].words = 0;
                         break;
                     }
                 }
@@ -471,6 +501,8 @@ struct Entry {
     phrase_words: u8,
     /// The word has a listed meaning at the end of a clause (`clause_final`).
     clause_final: bool,
+    /// A listed phrase with a gap starts with this word ("zet ... aan").
+    gapped: bool,
 }
 
 impl Entry {
@@ -545,6 +577,15 @@ fn list_items(line: &str) -> impl Iterator<Item = &str> {
     line.split(',').map(str::trim).filter(|i| !i.is_empty())
 }
 
+/// The lower-cased form of one word of a gapped phrase.
+fn single_word(item: &str, word: &str) -> String {
+    let toks = tokenize(word);
+    match toks.tokens.as_slice() {
+        [one] if one.kind == Kind::Word => toks.lower[span(one.low)].to_string(),
+        _ => panic!("gapped phrase {item:?}: {word:?} is not one word"),
+    }
+}
+
 /// Splits "key = items" at the first " = ".
 fn keyed_line(line: &str) -> (&str, &str) {
     match line.split_once(" = ") {
@@ -561,6 +602,14 @@ impl Lists {
             Some(word) => (word, true),
             None => (item, false),
         };
+        if let Some((first, last)) = item.split_once(" ... ") {
+            let (first, last) = (single_word(item, first), single_word(item, last));
+            self.words.entry(first.as_str().into()).or_default().gapped = true;
+            return self
+                .words
+                .entry(format!("{first} ... {last}").into())
+                .or_default();
+        }
         let toks = tokenize(item);
         let (key, words): (String, usize) = match toks.tokens.as_slice() {
             [] => (item.to_lowercase(), 1),
@@ -1324,7 +1373,7 @@ fn decimal(core: &str, negative: bool) -> Option<NumberValue> {
             let last_mark = many[many.len() - 1];
             let grouping = &many[..many.len() - 1];
             let (fraction, whole) = groups.split_last()?;
-            if grouping.iter().any(|s| *s == last_mark) || !whole.iter().all(|g| g.len() == 3) {
+            if grouping.contains(&last_mark) || !whole.iter().all(|g| g.len() == 3) {
                 return None;
             }
             (
@@ -1490,6 +1539,9 @@ struct Site {
     left: [u64; LEFT_WINDOW],
     right: u64,
 }
+
+/// How far a separable verb's particle may stand from the verb.
+const GAP_WORDS: usize = 8;
 
 /// Content words looked at before a relation word: "Is Amsterdam bigger
 /// than Rotterdam" needs two (the comparative sits between).
@@ -2183,6 +2235,43 @@ mod tests {
             ("How do I enable dark mode?", "How do I get dark mode?"),
             ("How do I delete a branch?", "How do I remove a branch?"),
             ("How do I free up disk space?", "How do I clear disk space?"),
+            // One side may use both words of a pair where the other names one.
+            (
+                "Should I keep or discard old receipts?",
+                "Should I keep old receipts?",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn dutch_separable_verbs_are_read_across_their_object() {
+        refused(
+            Rejection::Antonym,
+            &[
+                (
+                    "Hoe schakel ik de wifi in op mijn laptop?",
+                    "Hoe schakel ik de wifi uit op mijn laptop?",
+                ),
+                (
+                    "Hoe zet ik de meldingen van WhatsApp aan?",
+                    "Hoe zet ik de meldingen van WhatsApp uit?",
+                ),
+                (
+                    "Hoe maak ik een account aan?",
+                    "Hoe verwijder ik een account?",
+                ),
+            ],
+        );
+        // "voer ... uit" (run) and "vraag ... aan" (apply for) are no on/off.
+        accepted(&[
+            (
+                "Hoe voer ik een macro uit in Excel?",
+                "Hoe start ik een macro in Excel?",
+            ),
+            (
+                "Hoe vraag ik een paspoort aan?",
+                "Een paspoort aanvragen, hoe werkt dat?",
+            ),
         ]);
     }
 
