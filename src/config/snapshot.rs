@@ -28,6 +28,8 @@ pub enum SnapshotError {
     Address(&'static str, String),
     #[error("{0}")]
     Access(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,8 @@ pub struct Snapshot {
     pub guard: Option<std::sync::Arc<crate::pipeline::guard::Guard>>,
     /// SHA-256 of the configuration file's text (for audit and logs).
     pub config_hash: String,
+    /// `[cluster]`: limits shared with other nodes through Redis.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Snapshot {
@@ -193,7 +197,7 @@ impl Snapshot {
                     health_interval: Duration::from_millis(u.health_interval_ms),
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
         let upstream_index: HashMap<&str, usize> = cfg
             .upstreams
             .iter()
@@ -307,6 +311,11 @@ impl Snapshot {
                 .map_err(SnapshotError::Guard)?
                 .map(std::sync::Arc::new),
             config_hash: hex::encode(Sha256::digest(source.as_bytes())),
+            cluster: cfg
+                .cluster
+                .as_ref()
+                .map(crate::cluster::ClusterSettings::from_config)
+                .transpose()?,
         })
     }
 }
@@ -342,11 +351,6 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
     };
     section(cfg.server.tls.is_some(), "server.tls", "TLS termination");
-    section(
-        cfg.cluster.is_some(),
-        "cluster",
-        "shared limits through Redis",
-    );
     section(cfg.cache.is_some(), "cache", "response cache");
     for (i, t) in cfg.teams.iter().enumerate() {
         let limits = [(t.cache.is_some(), "cache (response cache)")];
@@ -362,6 +366,12 @@ pub fn not_built(cfg: &Config) -> Vec<String> {
         }
         if u.ca_file.is_some() {
             out.push(format!("upstreams[{i}].ca_file (TLS to upstreams)"));
+        }
+    }
+    if let Some(c) = &cfg.cluster {
+        let lower = c.redis.to_ascii_lowercase();
+        if lower.starts_with("rediss://") || lower.starts_with("valkeys://") {
+            out.push("cluster.redis rediss:// (TLS to Redis)".into());
         }
     }
     out

@@ -8,7 +8,7 @@
 //! What a reload can change: models, experiments, upstreams, teams, keys,
 //! agents, guard policies, resilience, alerts. What needs a restart (a
 //! reload that changes it is refused): `[server]` listen/workers/io/
-//! pin_cores, `[metrics]`, `[audit]`, `[admin]`, `[store]`.
+//! pin_cores, `[metrics]`, `[audit]`, `[admin]`, `[store]`, `[cluster]`.
 //!
 //! When the upstream list changed (any field of any upstream), the shared
 //! upstream state is built anew: breakers, health verdicts and latency
@@ -26,7 +26,8 @@ use std::sync::Arc;
 pub struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
-    /// `[admin]` and `[store]` as started (a reload may not change them).
+    /// `[admin]`, `[store]` and `[cluster]` as started (a reload may not
+    /// change them).
     fixed: String,
 }
 
@@ -63,7 +64,7 @@ impl Reloader {
         let cfg = crate::config::parse_str(&source, base)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         if fixed_sections(&cfg) != self.fixed {
-            return Err("[admin] or [store] changed: restart sluice to apply".into());
+            return Err("[admin], [store] or [cluster] changed: restart sluice to apply".into());
         }
         let snapshot =
             Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", self.path.display()))?;
@@ -72,7 +73,7 @@ impl Reloader {
 }
 
 fn fixed_sections(cfg: &Config) -> String {
-    format!("{:?} {:?}", cfg.admin, cfg.store)
+    format!("{:?} {:?} {:?}", cfg.admin, cfg.store, cfg.cluster)
 }
 
 impl Shared {
