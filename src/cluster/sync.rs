@@ -30,6 +30,9 @@ const NODE_TTL_MS: u64 = 3_000;
 /// In the last this many ms of a minute, a window in use gets its first
 /// lease of the next minute, so that minute starts without a wait.
 const PRELEASE_MS: u64 = 2_000;
+/// A node that has not reserved against a budget for this long gives
+/// back what it holds of it unused (its next request waits for a lease).
+const IDLE_RETURN: Duration = Duration::from_secs(10);
 /// Rate windows live in Redis this long (two minutes: the current one and
 /// a late node's).
 const WINDOW_TTL_MS: u64 = 120_000;
@@ -73,6 +76,10 @@ struct Tracked {
     synced: Option<Instant>,
     /// First day of the budget period the thread is leasing for.
     period_start: i64,
+    /// The budget's committed spend at the last round, and when it last
+    /// changed (no top-ups for a budget nobody uses on this node).
+    committed: u64,
+    active: Option<Instant>,
     /// Exchange with Redis at the next round whatever the need (new
     /// controls, Redis back after an outage).
     resync: bool,
@@ -275,6 +282,8 @@ impl Syncer {
                         pushed: 0,
                         synced: None,
                         period_start,
+                        committed: 0,
+                        active: None,
                         resync: true,
                     });
                 }
@@ -316,7 +325,7 @@ impl Syncer {
         let fraction = self.settings.lease_fraction;
         let node = &self.settings.node_id;
         let mut calls = Vec::new();
-        for (i, t) in self.tracked.iter().enumerate() {
+        for (i, t) in self.tracked.iter_mut().enumerate() {
             if let Some((b, s)) = t
                 .controls
                 .budget
@@ -324,16 +333,32 @@ impl Syncer {
                 .and_then(|b| Some((b, b.share.as_deref()?)))
             {
                 let wanted = s.take_wanted();
-                let unused = s.allowance.load(Relaxed).saturating_sub(b.committed());
+                let committed = b.committed();
+                if committed != t.committed || wanted > 0 {
+                    t.committed = committed;
+                    t.active = Some(now);
+                }
+                let idle = t
+                    .active
+                    .is_none_or(|at| now.duration_since(at) >= IDLE_RETURN);
+                let unused = s.allowance.load(Relaxed).saturating_sub(committed);
                 let lease = lease_size(b.amount, fraction, s.largest().saturating_mul(2));
-                let want = if draining {
+                let want = if draining || idle {
                     0
                 } else {
                     ask(unused, lease, wanted)
                 };
+                // What goes back leaves the allowance first, so that no
+                // worker reserves it meanwhile.
+                let back = if (draining || idle) && unused > 0 {
+                    s.allowance.fetch_sub(unused, Relaxed);
+                    unused
+                } else {
+                    0
+                };
                 let spent = b.spent();
                 let due = t.resync
-                    || draining
+                    || back > 0
                     || want > 0
                     || t.synced.is_none_or(|at| {
                         let since = now.duration_since(at);
@@ -346,7 +371,7 @@ impl Syncer {
                         key: keys::budget(b, t.period_start, &t.controls),
                         used: spent,
                         ask: want,
-                        back: if draining { u64::MAX } else { 0 },
+                        back,
                         limit: b.amount,
                         ttl_ms: keys::budget_ttl_ms(b.period),
                     });
@@ -363,7 +388,8 @@ impl Syncer {
                 let allowed = ws.allowed(minute);
                 let wanted = ws.take_wanted();
                 let lease = lease_size(limit, fraction, 1);
-                let want = if draining {
+                // Only a window in use this minute is topped up.
+                let want = if draining || (count == 0 && wanted == 0) {
                     0
                 } else {
                     ask(allowed.saturating_sub(count), lease, wanted)
