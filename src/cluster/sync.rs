@@ -360,6 +360,7 @@ impl Syncer {
                 let due = t.resync
                     || back > 0
                     || want > 0
+                    || (draining && spent != t.pushed)
                     || t.synced.is_none_or(|at| {
                         let since = now.duration_since(at);
                         (spent != t.pushed && since >= PUSH_EVERY) || since >= REFRESH_EVERY
