@@ -552,19 +552,23 @@ pub async fn admit_or_wait(
     principal: &Principal,
     worst: Worst,
 ) -> Result<Admission<'_>, GatewayError> {
-    let deadline = std::time::Instant::now() + LEASE_WAIT;
+    // The clock is read only once a request waits.
+    let mut deadline = None;
     loop {
-        match admit(principal, worst) {
+        let refused = match admit(principal, worst) {
             Ok(a) => return Ok(a),
-            Err(r) if r.lease_pending && std::time::Instant::now() < deadline => {
+            Err(r) => r,
+        };
+        if refused.lease_pending {
+            let now = std::time::Instant::now();
+            if now < *deadline.get_or_insert(now + LEASE_WAIT) {
                 crate::cluster::wake();
                 monoio::time::sleep(LEASE_POLL).await;
-            }
-            Err(r) => {
-                crate::metrics::limit_refused(r.scope, r.limit);
-                return Err(r.error);
+                continue;
             }
         }
+        crate::metrics::limit_refused(refused.scope, refused.limit);
+        return Err(refused.error);
     }
 }
 
