@@ -271,8 +271,17 @@ impl Syncer {
             match self.index.get(&slot) {
                 Some(&i) if Arc::ptr_eq(&self.tracked[i].controls, &c) => {}
                 Some(&i) => {
-                    self.tracked[i].controls = c;
-                    self.tracked[i].resync = true;
+                    // Changed limits; a budget of another period (or a new
+                    // one) has other keys in Redis.
+                    let t = &mut self.tracked[i];
+                    let period = |c: &Controls| c.budget.as_ref().map(|b| b.period);
+                    if period(&t.controls) != period(&c) {
+                        t.pushed = 0;
+                        t.synced = None;
+                    }
+                    t.period_start = c.budget.as_ref().map_or(0, |b| b.period_start(day));
+                    t.controls = c;
+                    t.resync = true;
                 }
                 None => {
                     let period_start = c.budget.as_ref().map_or(0, |b| b.period_start(day));
