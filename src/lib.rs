@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -287,6 +287,10 @@ fn serve(file: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(std::path::Path::new("."));
     let cfg = config::parse_str(&source, base).map_err(|e| format!("{}: {e}", file.display()))?;
+    if cfg.cluster.is_some() {
+        // Before the first cost controls are built (with the snapshot).
+        sluice::cluster::enable();
+    }
     let snapshot =
         Snapshot::build(&cfg, &source).map_err(|e| format!("{}: {e}", file.display()))?;
     run_gateway(snapshot, &cfg, Some(file))
@@ -451,6 +455,14 @@ fn run_gateway(
     let shared = sluice::runtime::Shared::new(snapshot.clone());
     let reloader = file.map(|f| Arc::new(Reloader::new(shared.clone(), f.to_path_buf(), cfg)));
     start_store_and_admin(&shared, cfg, reloader.as_ref())?;
+    // Shared limits: first leases (or fallback shares) before serving, and
+    // after the store restored this period's spend.
+    let cluster = match &snapshot.cluster {
+        Some(settings) => Some(
+            sluice::cluster::Cluster::start(settings, shared.clone()).map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let mut gateway = Gateway::start_shared(shared).map_err(|e| e.to_string())?;
     tracing::info!(
         listen = %snapshot.server.listen,
@@ -487,6 +499,9 @@ fn run_gateway(
     sd_notify(&notifier, "STOPPING=1", notifier.stopping());
     let shared = gateway.shared().clone();
     gateway.shutdown();
+    if let Some(cluster) = cluster {
+        cluster.shutdown();
+    }
     if let Some(store) = shared.store.get() {
         if let Err(e) = store.flush() {
             tracing::error!(error = %e, "store: pending usage not written");

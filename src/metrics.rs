@@ -31,6 +31,11 @@ pub const TOKENS_ESTIMATED_TOTAL: &str = "sluice_tokens_estimated_total";
 pub const BUDGET_USED_RATIO: &str = "sluice_budget_used_ratio";
 pub const BUDGET_ALERTS_TOTAL: &str = "sluice_budget_alerts_total";
 pub const LIMIT_REFUSALS_TOTAL: &str = "sluice_limit_refusals_total";
+pub const CLUSTER_REDIS_UP: &str = "sluice_cluster_redis_up";
+pub const CLUSTER_FALLBACK: &str = "sluice_cluster_fallback";
+pub const CLUSTER_REDIS_ERRORS_TOTAL: &str = "sluice_cluster_redis_errors_total";
+pub const CLUSTER_LEASES_TOTAL: &str = "sluice_cluster_leases_total";
+pub const CLUSTER_NODES: &str = "sluice_cluster_nodes";
 pub const APPROVALS_PENDING: &str = "sluice_approvals_pending";
 pub const AUDIT_RECORDS_TOTAL: &str = "sluice_audit_records_total";
 pub const AUDIT_LOST_TOTAL: &str = "sluice_audit_records_lost_total";
@@ -202,6 +207,26 @@ fn describe() {
     describe_counter!(
         LIMIT_REFUSALS_TOTAL,
         "Requests refused by a limit, by scope (team|key) and limit (requests|tokens|concurrency|budget)."
+    );
+    describe_gauge!(
+        CLUSTER_REDIS_UP,
+        "1 while this node reaches the [cluster] Redis, 0 while it does not."
+    );
+    describe_gauge!(
+        CLUSTER_FALLBACK,
+        "1 while this node's shared limits run on its fallback_share (Redis unreachable)."
+    );
+    describe_counter!(
+        CLUSTER_REDIS_ERRORS_TOTAL,
+        "Failed exchanges with the [cluster] Redis (each one starts the fallback)."
+    );
+    describe_counter!(
+        CLUSTER_LEASES_TOTAL,
+        "Lease requests to Redis, by limit (budget|requests|tokens) and outcome (granted|short|refused)."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Live sluice nodes sharing the [cluster] Redis, as last seen by this node."
     );
     describe_counter!(
         TOOL_CALLS_BLOCKED_TOTAL,
@@ -492,6 +517,27 @@ pub fn budget_alert(team: &str, threshold: f64) {
 /// A request refused by a rate limit or budget.
 pub fn limit_refused(scope: &'static str, limit: &'static str) {
     counter!(LIMIT_REFUSALS_TOTAL, "scope" => scope, "limit" => limit).increment(1);
+}
+
+/// Whether the `[cluster]` Redis is reachable (and so whether the node's
+/// limits run on leases or on its fallback share).
+pub fn cluster_redis_up(up: bool) {
+    gauge!(CLUSTER_REDIS_UP).set(if up { 1.0 } else { 0.0 });
+    gauge!(CLUSTER_FALLBACK).set(if up { 0.0 } else { 1.0 });
+}
+
+pub fn cluster_redis_error() {
+    counter!(CLUSTER_REDIS_ERRORS_TOTAL).increment(1);
+}
+
+/// One lease request: `limit` = budget|requests|tokens, `outcome` =
+/// granted|short|refused.
+pub fn cluster_lease(limit: &'static str, outcome: &'static str) {
+    counter!(CLUSTER_LEASES_TOTAL, "limit" => limit, "outcome" => outcome).increment(1);
+}
+
+pub fn cluster_nodes(live: u32) {
+    gauge!(CLUSTER_NODES).set(f64::from(live));
 }
 
 /// Health of an upstream changed (active checks or breaker).

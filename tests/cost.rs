@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -348,46 +346,6 @@ fn concurrency_limit() {
     wait_until("the slot is released", POLL_TIMEOUT, || {
         ask(&gw, KEY_B, &body(false, 10, json!({})), &[]).status == 200
     });
-}
-
-/// A webhook receiver: answers 200 to every POST and keeps the bodies.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let sink = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let n = match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break None,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = find(&buf, b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(buf[end + 4..end + 4 + len].to_vec());
-                    }
-                }
-            };
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            if let Some(v) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
-                sink.lock().unwrap().push(v);
-            }
-        }
-    });
-    (url, got)
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub enum SnapshotError {
     Cache(String),
     #[error("server.tls: {0}")]
     Tls(crate::tls::TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +119,8 @@ pub struct Snapshot {
     pub guard: Option<std::sync::Arc<crate::pipeline::guard::Guard>>,
     /// SHA-256 of the configuration file's text (for audit and logs).
     pub config_hash: String,
+    /// `[cluster]`: limits shared with other nodes through Redis.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     /// `[cache]`, resolved; None = no response cache.
     pub cache: Option<CacheSettings>,
 }
@@ -254,7 +258,7 @@ impl Snapshot {
                     health_interval: Duration::from_millis(u.health_interval_ms),
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, SnapshotError>>()?;
         let upstream_index: HashMap<&str, usize> = cfg
             .upstreams
             .iter()
@@ -374,6 +378,11 @@ impl Snapshot {
                 .map(std::sync::Arc::new),
             config_hash: hex::encode(Sha256::digest(source.as_bytes())),
             cache,
+            cluster: cfg
+                .cluster
+                .as_ref()
+                .map(crate::cluster::ClusterSettings::from_config)
+                .transpose()?,
         })
     }
 }
@@ -456,15 +465,11 @@ fn cache_settings(
 /// build does not implement yet, each named as it appears in the file.
 pub fn not_built(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    let mut section = |present: bool, name: &str, what: &str| {
-        if present {
-            out.push(format!("[{name}] ({what})"));
+    if let Some(c) = &cfg.cluster {
+        let lower = c.redis.to_ascii_lowercase();
+        if lower.starts_with("rediss://") || lower.starts_with("valkeys://") {
+            out.push("cluster.redis rediss:// (TLS to Redis)".into());
         }
-    };
-    section(
-        cfg.cluster.is_some(),
-        "cluster",
-        "shared limits through Redis",
-    );
+    }
     out
 }

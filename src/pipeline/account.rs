@@ -10,6 +10,11 @@
 //! the budget would be exceeded, so concurrent requests can never together
 //! commit more than the budget. When the request ends the reservation is
 //! replaced by the real cost. See docs/cost.md.
+//!
+//! With `[cluster]` a budget also has a [`BudgetShare`]: what this node
+//! holds of it in leases from Redis, kept by the `sluice-cluster` thread
+//! (`src/cluster/`). Reservations then compare with the node's allowance
+//! instead of the whole budget, and the period turns on that thread.
 
 use super::auth::Principal;
 use super::filter::AnswerFilter;
@@ -81,10 +86,67 @@ pub struct Budget {
     fired: AtomicU32,
     /// `sluice_budget_used_ratio{team}`, registered on first use.
     gauge: std::sync::OnceLock<metrics::Gauge>,
+    /// With `[cluster]`: this node's lease of the budget, written by the
+    /// `sluice-cluster` thread; None = the budget is this node's alone.
+    pub share: Option<Box<BudgetShare>>,
+}
+
+/// What a node holds of a budget under `[cluster]`. Only the
+/// `sluice-cluster` thread writes `allowance`, `others_spent` and `free`;
+/// workers read them and note the reservations they saw.
+#[derive(Debug)]
+pub struct BudgetShare {
+    /// What this node holds for the current period: leases granted (its
+    /// settled spend included) minus what it gave back. The node's
+    /// committed spend never passes it.
+    pub allowance: AtomicU64,
+    /// Settled spend of the other nodes this period, as last seen.
+    pub others_spent: AtomicU64,
+    /// What the cluster had not leased out at the last lease; 0 = used up
+    /// (or Redis unreachable): no lease is coming this period.
+    pub free: AtomicU64,
+    /// The largest reservation refused for want of a lease since the
+    /// thread last looked.
+    wanted: AtomicU64,
+    /// The largest reservation seen (a lease is at least twice it).
+    largest: AtomicU64,
+}
+
+impl BudgetShare {
+    fn new() -> Self {
+        BudgetShare {
+            allowance: AtomicU64::new(0),
+            others_spent: AtomicU64::new(0),
+            free: AtomicU64::new(u64::MAX),
+            wanted: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
+        }
+    }
+
+    /// The largest refused reservation since the last call (`sluice-cluster`).
+    pub fn take_wanted(&self) -> u64 {
+        self.wanted.swap(0, Relaxed)
+    }
+
+    /// The largest reservation seen so far.
+    pub fn largest(&self) -> u64 {
+        self.largest.load(Relaxed)
+    }
+}
+
+/// Raises `word` to `value` if it is larger; a plain load first because
+/// the word rarely changes (no write on the request path then).
+fn raise(word: &AtomicU64, value: u64) {
+    if value > word.load(Relaxed) {
+        word.fetch_max(value, Relaxed);
+    }
 }
 
 impl Budget {
-    pub fn new(b: &crate::config::Budget, alert_at: &[f64]) -> Self {
+    /// `clustered`: the budget is shared with other nodes through
+    /// `[cluster]` (the allowance starts at zero until the `sluice-cluster`
+    /// thread leases or falls back).
+    pub fn new(b: &crate::config::Budget, alert_at: &[f64], clustered: bool) -> Self {
         Budget {
             amount: (b.amount * NANOS).round() as u64,
             period: b.period,
@@ -94,11 +156,15 @@ impl Budget {
             spent: AtomicU64::new(0),
             fired: AtomicU32::new(0),
             gauge: std::sync::OnceLock::new(),
+            share: clustered.then(|| Box::new(BudgetShare::new())),
         }
     }
 
-    /// Starts a new period when `day` is past the current one.
-    fn roll(&self, day: i64) {
+    /// Starts a new period when `day` is past the current one; returns the
+    /// settled spend of the period that ended. Workers call it for local
+    /// budgets; under `[cluster]` only the `sluice-cluster` thread does,
+    /// after it has the new period's first lease.
+    pub fn roll(&self, day: i64) -> Option<u64> {
         let id = period_id(self.period, day);
         let current = self.period_id.load(Relaxed);
         if id > current
@@ -110,17 +176,54 @@ impl Budget {
             let old = self.spent.swap(0, Relaxed);
             sub(&self.committed, old);
             self.fired.store(0, Relaxed);
+            return Some(old);
         }
+        None
     }
 
-    /// Reserves `need` nano-units, or fails when the budget cannot hold it.
+    /// Whether `day` lies past the current period.
+    pub fn period_ended(&self, day: i64) -> bool {
+        period_id(self.period, day) > self.period_id.load(Relaxed)
+    }
+
+    /// Reserves `need` nano-units, or fails when the budget (or, under
+    /// `[cluster]`, this node's allowance) cannot hold it.
     pub fn reserve(&self, day: i64, need: u64) -> bool {
-        self.roll(day);
+        let limit = match &self.share {
+            None => {
+                self.roll(day);
+                self.amount
+            }
+            Some(share) => {
+                raise(&share.largest, need);
+                share.allowance.load(Relaxed)
+            }
+        };
         self.committed
             .fetch_update(Relaxed, Relaxed, |c| {
-                c.checked_add(need).filter(|&n| n <= self.amount)
+                c.checked_add(need).filter(|&n| n <= limit)
             })
             .is_ok()
+    }
+
+    /// After a refused reservation of `need`: under `[cluster]`, notes it
+    /// for the next lease and tells whether one may still cover it (the
+    /// cluster had enough left at the last lease).
+    fn lease_pending(&self, need: u64) -> bool {
+        let Some(share) = &self.share else {
+            return false;
+        };
+        raise(&share.wanted, need);
+        let unused = share
+            .allowance
+            .load(Relaxed)
+            .saturating_sub(self.committed.load(Relaxed));
+        need <= self.amount && share.free.load(Relaxed) >= need.saturating_sub(unused)
+    }
+
+    /// Settled spend + outstanding reservations of this node.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Relaxed)
     }
 
     /// Gives back a reservation unused.
@@ -130,7 +233,9 @@ impl Budget {
 
     /// Replaces a reservation by the real cost; returns the spend ratio.
     pub fn settle(&self, day: i64, reserved: u64, cost: u64) -> f64 {
-        self.roll(day);
+        if self.share.is_none() {
+            self.roll(day);
+        }
         sub(&self.committed, reserved);
         self.committed.fetch_add(cost, Relaxed);
         let spent = self.spent.fetch_add(cost, Relaxed) + cost;
@@ -143,7 +248,13 @@ impl Budget {
         self.committed.fetch_add(spent, Relaxed);
     }
 
+    /// Spend / budget; under `[cluster]` the spend of every node (the
+    /// others' as last seen).
     fn ratio_of(&self, spent: u64) -> f64 {
+        let spent = match &self.share {
+            None => spent,
+            Some(share) => spent.saturating_add(share.others_spent.load(Relaxed)),
+        };
         if self.amount == 0 {
             1.0
         } else {
@@ -162,7 +273,7 @@ impl Budget {
 
     /// The thresholds crossed at `ratio` that had not fired yet this
     /// period (each is returned once per period).
-    fn newly_crossed(&self, ratio: f64) -> Vec<f64> {
+    pub fn newly_crossed(&self, ratio: f64) -> Vec<f64> {
         let mut out = Vec::new();
         for (i, &t) in self.alert_at.iter().enumerate().take(32) {
             if ratio + 1e-12 >= t {
@@ -173,6 +284,11 @@ impl Budget {
             }
         }
         out
+    }
+
+    /// `day`, `week` or `month`.
+    pub fn period_name(&self) -> &'static str {
+        period_name(self.period)
     }
 
     /// First day (days since 1970-01-01) of the period containing `day`.
@@ -246,6 +362,10 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(Default::default)
 }
 
+/// Grows by one whenever the registry hands out new controls, so the
+/// `sluice-cluster` thread lists them again only after a change.
+static REGISTRY_CHANGES: AtomicU64 = AtomicU64::new(0);
+
 impl Controls {
     pub fn team(t: &crate::config::TeamConfig) -> Option<Arc<Self>> {
         Self::get(
@@ -269,8 +389,9 @@ impl Controls {
         budget: Option<&crate::config::Budget>,
         alert_at: &[f64],
     ) -> Option<Arc<Self>> {
-        let limits = Meter::new(rpm, tpm, max_concurrent);
-        let budget = budget.map(|b| Budget::new(b, alert_at));
+        let clustered = crate::cluster::enabled();
+        let limits = Meter::new(rpm, tpm, max_concurrent, clustered);
+        let budget = budget.map(|b| Budget::new(b, alert_at, clustered));
         if limits.is_none() && budget.is_none() {
             return None;
         }
@@ -300,6 +421,16 @@ impl Controls {
                 if a.period == b.period {
                     b.restore(a.spent());
                     b.fired.store(a.fired.load(Relaxed), Relaxed);
+                    // The node keeps what it holds of the shared budget.
+                    if let (Some(sa), Some(sb)) = (&a.share, &b.share) {
+                        for (from, to) in [
+                            (&sa.allowance, &sb.allowance),
+                            (&sa.others_spent, &sb.others_spent),
+                            (&sa.free, &sb.free),
+                        ] {
+                            to.store(from.load(Relaxed), Relaxed);
+                        }
+                    }
                 }
             }
         }
@@ -311,11 +442,18 @@ impl Controls {
             budget,
         });
         map.insert(slot, controls.clone());
+        REGISTRY_CHANGES.fetch_add(1, Relaxed);
         Some(controls)
     }
 
-    /// Every registered key's controls (for restoring spend).
-    fn registered() -> Vec<Arc<Controls>> {
+    /// A number that changes whenever new controls were registered.
+    pub fn registry_changes() -> u64 {
+        REGISTRY_CHANGES.load(Relaxed)
+    }
+
+    /// Every registered team's and key's controls (for restoring spend and
+    /// for the `sluice-cluster` thread).
+    pub fn registered() -> Vec<Arc<Controls>> {
         registry()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -388,9 +526,56 @@ pub fn worst(billing: &Billing, body: &[u8], models: impl Iterator<Item = usize>
     }
 }
 
+/// A refusal of the limits step.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: GatewayError,
+    /// `team` or `key`.
+    pub scope: &'static str,
+    /// `requests`, `tokens`, `concurrency` or `budget`.
+    pub limit: &'static str,
+    /// Under `[cluster]`: the node's allowance was short while the cluster
+    /// had capacity left; a lease is on its way (see [`admit_or_wait`]).
+    pub lease_pending: bool,
+}
+
+/// How long a request refused for want of a lease waits for it, at most,
+/// and how often it looks again.
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The limits step as the pipeline runs it: [`admit`], and under
+/// `[cluster]`, when the node's allowance was short but a lease is coming,
+/// waits for it (at most [`LEASE_WAIT`], without blocking the worker) and
+/// tries again. Refusals are counted here, once.
+pub async fn admit_or_wait(
+    principal: &Principal,
+    worst: Worst,
+) -> Result<Admission<'_>, GatewayError> {
+    // The clock is read only once a request waits.
+    let mut deadline = None;
+    loop {
+        let refused = match admit(principal, worst) {
+            Ok(a) => return Ok(a),
+            Err(r) => r,
+        };
+        if refused.lease_pending {
+            let now = std::time::Instant::now();
+            if now < *deadline.get_or_insert(now + LEASE_WAIT) {
+                crate::cluster::wake();
+                monoio::time::sleep(LEASE_POLL).await;
+                continue;
+            }
+        }
+        crate::metrics::limit_refused(refused.scope, refused.limit);
+        return Err(refused.error);
+    }
+}
+
 /// The limits step: takes the rate limits and reserves the budgets of the
-/// principal's team and key, all or nothing.
-pub fn admit<'a>(principal: &'a Principal, worst: Worst) -> Result<Admission<'a>, GatewayError> {
+/// principal's team and key, all or nothing. Nothing is counted in the
+/// refusal metrics here (see [`admit_or_wait`]).
+pub fn admit<'a>(principal: &'a Principal, worst: Worst) -> Result<Admission<'a>, Refused> {
     let mut held: Vec<&'a Controls> = Vec::with_capacity(2);
     held.extend(principal.team.controls.as_deref());
     held.extend(principal.key.as_ref().and_then(|k| k.controls.as_deref()));
@@ -415,9 +600,13 @@ pub fn admit<'a>(principal: &'a Principal, worst: Worst) -> Result<Admission<'a>
                     admission.remaining.tokens = min_opt(admission.remaining.tokens, r.tokens);
                 }
                 Err(refusal) => {
-                    crate::metrics::limit_refused(c.scope, refusal.limit);
                     // Dropping `admission` gives back what earlier ones took.
-                    return Err(rate_limited(c, refusal));
+                    return Err(Refused {
+                        scope: c.scope,
+                        limit: refusal.limit,
+                        lease_pending: refusal.lease_pending,
+                        error: rate_limited(c, refusal),
+                    });
                 }
             }
         }
@@ -426,13 +615,17 @@ pub fn admit<'a>(principal: &'a Principal, worst: Worst) -> Result<Admission<'a>
                 if let Some(meter) = &c.limits {
                     meter.untake(admission.taken_ms, admission.tokens);
                 }
-                crate::metrics::limit_refused(c.scope, "budget");
-                return Err(GatewayError::InsufficientQuota(format!(
-                    "The {} {:?} has used its {} budget.",
-                    c.scope,
-                    &*c.name,
-                    period_name(budget.period)
-                )));
+                return Err(Refused {
+                    scope: c.scope,
+                    limit: "budget",
+                    lease_pending: budget.lease_pending(admission.reserved),
+                    error: GatewayError::InsufficientQuota(format!(
+                        "The {} {:?} has used its {} budget.",
+                        c.scope,
+                        &*c.name,
+                        period_name(budget.period)
+                    )),
+                });
             }
         }
         admission.held.push(c);
@@ -536,18 +729,45 @@ impl Drop for Admission<'_> {
     }
 }
 
-fn alert(billing: &Billing, c: &Controls, budget: &Budget, threshold: f64, ratio: f64) {
-    let spent = budget.spent() as f64 / NANOS;
-    let amount = budget.amount as f64 / NANOS;
-    tracing::warn!(scope = c.scope, name = %c.name, team = %c.team, threshold, ratio, spent, budget = amount, currency = %billing.currency, "budget threshold crossed");
-    crate::metrics::budget_alert(&c.team, threshold);
-    if let Some(url) = &billing.webhook {
-        let day = unix_day();
-        let start = budget.period_start(day);
+/// A budget threshold that was crossed: logged, counted and posted to
+/// the webhook once per threshold and period (under `[cluster]` once for
+/// the whole cluster: the `sluice-cluster` thread fires it only when no
+/// other node did).
+#[derive(Debug)]
+pub struct BudgetAlert {
+    pub scope: &'static str,
+    pub name: Arc<str>,
+    pub team: Arc<str>,
+    pub threshold: f64,
+    pub period: Period,
+    /// First day of the period (days since 1970-01-01).
+    pub period_start: i64,
+    pub webhook: Option<Box<str>>,
+    /// The webhook's JSON document.
+    pub payload: serde_json::Value,
+}
+
+impl BudgetAlert {
+    pub fn new(
+        billing: &Billing,
+        c: &Controls,
+        budget: &Budget,
+        threshold: f64,
+        ratio: f64,
+    ) -> Self {
+        let spent = ratio * budget.amount as f64 / NANOS;
+        let amount = budget.amount as f64 / NANOS;
+        let start = budget.period_start(unix_day());
         let (y, m, d) = super::auth::civil_from_days(start);
-        crate::alerts::send(
-            url,
-            serde_json::json!({
+        BudgetAlert {
+            scope: c.scope,
+            name: c.name.clone(),
+            team: c.team.clone(),
+            threshold,
+            period: budget.period,
+            period_start: start,
+            webhook: billing.webhook.clone(),
+            payload: serde_json::json!({
                 "type": "budget_threshold",
                 "scope": c.scope,
                 "team": &*c.team,
@@ -561,7 +781,30 @@ fn alert(billing: &Billing, c: &Controls, budget: &Budget, threshold: f64, ratio
                 "period_start": format!("{y:04}-{m:02}-{d:02}"),
                 "at": crate::alerts::now_rfc3339_millis(),
             }),
-        );
+        }
+    }
+
+    pub fn period_name(&self) -> &'static str {
+        period_name(self.period)
+    }
+
+    /// Logs, counts and posts the alert.
+    pub fn fire(&self) {
+        let p = &self.payload;
+        tracing::warn!(scope = self.scope, name = %self.name, team = %self.team, threshold = self.threshold, ratio = %p["used_ratio"], spent = %p["spent"], budget = %p["budget"], currency = %p["currency"], "budget threshold crossed");
+        crate::metrics::budget_alert(&self.team, self.threshold);
+        if let Some(url) = &self.webhook {
+            crate::alerts::send(url, self.payload.clone());
+        }
+    }
+}
+
+fn alert(billing: &Billing, c: &Controls, budget: &Budget, threshold: f64, ratio: f64) {
+    let alert = BudgetAlert::new(billing, c, budget, threshold, ratio);
+    if budget.share.is_some() {
+        crate::cluster::offer_alert(alert);
+    } else {
+        alert.fire();
     }
 }
 
@@ -786,6 +1029,7 @@ mod tests {
                 period: Period::Day,
             },
             &[0.5],
+            false,
         );
         let day = unix_day();
         let need = (0.3 * NANOS) as u64;
@@ -797,6 +1041,39 @@ mod tests {
         assert!(b.reserve(day, need));
         assert_eq!(b.newly_crossed(0.6), vec![0.5]);
         assert!(b.newly_crossed(0.7).is_empty());
+    }
+
+    #[test]
+    fn clustered_budget_reserves_within_the_node_allowance() {
+        let b = Budget::new(
+            &crate::config::Budget {
+                amount: 1.0,
+                period: Period::Day,
+            },
+            &[],
+            true,
+        );
+        let day = unix_day();
+        let need = (0.3 * NANOS) as u64;
+        assert!(!b.reserve(day, need), "no lease yet");
+        assert!(b.lease_pending(need), "a lease may still come");
+        let s = b.share.as_deref().unwrap();
+        assert_eq!(s.take_wanted(), need);
+        assert_eq!(s.largest(), need);
+        s.allowance.store(2 * need, Relaxed);
+        s.free.store(need / 2, Relaxed);
+        assert!(b.reserve(day, need) && b.reserve(day, need));
+        assert!(!b.reserve(day, need));
+        assert!(
+            !b.lease_pending(need),
+            "the cluster has less left than the reservation needs"
+        );
+        s.free.store(need, Relaxed);
+        assert!(b.lease_pending(need));
+        // The ratio counts the other nodes' spend.
+        s.others_spent.store((0.5 * NANOS) as u64, Relaxed);
+        let ratio = b.settle(day, need, need);
+        assert!((ratio - 0.8).abs() < 1e-9, "{ratio}");
     }
 
     #[test]

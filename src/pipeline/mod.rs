@@ -177,9 +177,11 @@ pub async fn run(
         &body,
         std::iter::once(asked).chain(fallbacks.iter().copied()),
     );
-    let admission = match principal.as_ref().map(|p| account::admit(p, worst)) {
-        Some(Err(e)) => return refuse(worker, io, req, &e).await,
-        Some(Ok(a)) => Some(a),
+    let admission = match principal.as_ref() {
+        Some(p) => match account::admit_or_wait(p, worst).await {
+            Ok(a) => Some(a),
+            Err(e) => return refuse(worker, io, req, &e).await,
+        },
         None => None,
     };
     let limit_headers = admission

@@ -13,8 +13,8 @@
 //! `sluice_tls_certificate_reloads_total{result="error"}`). What needs a
 //! restart (a reload that changes it is refused): `[server]` listen/
 //! workers/io/pin_cores, adding or removing `[server.tls]`, `[metrics]`,
-//! `[audit]`, `[admin]`, `[store]`, and of `[cache]` its
-//! presence, embedder, `max_entries` and `persist` (its rules reload).
+//! `[audit]`, `[admin]`, `[store]`, `[cluster]`, and of `[cache]`
+//! its presence, embedder, `max_entries` and `persist` (its rules reload).
 //!
 //! When the upstream list changed (any field of any upstream), the shared
 //! upstream state is built anew: breakers, health verdicts and latency
@@ -32,7 +32,8 @@ use std::sync::Arc;
 pub struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
-    /// `[admin]` and `[store]` as started (a reload may not change them).
+    /// `[admin]`, `[store]` and `[cluster]` as started (a reload may not
+    /// change them).
     fixed: String,
 }
 
@@ -78,7 +79,7 @@ impl Reloader {
             format!("{}: {e}", self.path.display())
         })?;
         if fixed_sections(&cfg) != self.fixed {
-            return Err("[admin] or [store] changed: restart sluice to apply".into());
+            return Err("[admin], [store] or [cluster] changed: restart sluice to apply".into());
         }
         let snapshot = Snapshot::build(&cfg, &source).map_err(|e| {
             if matches!(e, crate::config::snapshot::SnapshotError::Tls(_)) {
@@ -91,7 +92,7 @@ impl Reloader {
 }
 
 fn fixed_sections(cfg: &Config) -> String {
-    format!("{:?} {:?}", cfg.admin, cfg.store)
+    format!("{:?} {:?} {:?}", cfg.admin, cfg.store, cfg.cluster)
 }
 
 impl Shared {
