@@ -850,15 +850,23 @@ fn span(range: (u32, u32)) -> std::ops::Range<usize> {
 }
 
 fn char_at(text: &str, i: usize) -> Option<char> {
-    text.get(i..).and_then(|rest| rest.chars().next())
+    match text.as_bytes().get(i) {
+        Some(&b) if b < 128 => Some(b as char),
+        Some(_) => text.get(i..).and_then(|rest| rest.chars().next()),
+        None => None,
+    }
 }
 
 fn char_before(text: &str, i: usize) -> Option<char> {
-    text[..i].chars().next_back()
+    match i.checked_sub(1).map(|j| text.as_bytes()[j]) {
+        Some(b) if b < 128 => Some(b as char),
+        Some(_) => text[..i].chars().next_back(),
+        None => None,
+    }
 }
 
 fn is_open_quote_context(prev: Option<char>) -> bool {
-    prev.is_none_or(|p| p.is_whitespace() || "([{,:;".contains(p))
+    prev.is_none_or(|p| p.is_whitespace() || matches!(p, '(' | '[' | '{' | ',' | ':' | ';'))
 }
 
 /// Whether a single quote opening at `from` is closed on the same line: a
@@ -874,8 +882,16 @@ fn single_quote_closes(text: &str, from: usize) -> bool {
     })
 }
 
-const CURRENCY: &str = "€$£¥";
-const OPERATOR_CHARS: &str = "=<>&|+*/%^~!-";
+fn is_currency(c: char) -> bool {
+    matches!(c, '€' | '$' | '£' | '¥')
+}
+
+fn is_operator_char(c: char) -> bool {
+    matches!(
+        c,
+        '=' | '<' | '>' | '&' | '|' | '+' | '*' | '/' | '%' | '^' | '~' | '!' | '-'
+    )
+}
 
 fn tokenize(text: &str) -> Tokenized {
     let mut out = Tokenized {
@@ -888,20 +904,35 @@ fn tokenize(text: &str) -> Tokenized {
     let mut backtick: Option<u32> = None;
     let mut double_quote: Option<u32> = None;
     let mut single_quote: Option<u32> = None;
+    let bytes = text.as_bytes();
     let mut i = 0;
-    while let Some(c) = char_at(text, i) {
-        let width = c.len_utf8();
-        let next = char_at(text, i + width);
-        let prev = char_before(text, i);
-        if c.is_whitespace() {
-            if c == '\n' {
-                sentence_start = true;
+    while i < bytes.len() {
+        // Spaces are most of a question's characters: test them first.
+        let c = match bytes[i] {
+            b' ' | b'\t' | b'\r' => {
+                hyphen_part = false;
+                i += 1;
+                continue;
             }
+            b'\n' => {
+                (sentence_start, hyphen_part) = (true, false);
+                i += 1;
+                continue;
+            }
+            ascii @ 0..=127 => ascii as char,
+            _ => char_at(text, i).unwrap_or(' '),
+        };
+        let width = c.len_utf8();
+        if c.is_whitespace() {
             hyphen_part = false;
             i += width;
             continue;
         }
-        let at_boundary = prev.is_none_or(|p| p.is_whitespace() || "([{`\"'“‘".contains(p));
+        let next = char_at(text, i + width);
+        let prev = char_before(text, i);
+        let at_boundary = prev.is_none_or(|p| {
+            p.is_whitespace() || matches!(p, '(' | '[' | '{' | '`' | '"' | '\'' | '“' | '‘')
+        });
         let mut shape = 0;
         if sentence_start {
             shape |= SENTENCE_START;
@@ -951,7 +982,7 @@ fn tokenize(text: &str) -> Tokenized {
         }
         let digit_next = next.is_some_and(|n| n.is_ascii_digit());
         if c.is_ascii_digit()
-            || (CURRENCY.contains(c) && digit_next)
+            || (is_currency(c) && digit_next)
             || (c == '-' && at_boundary && digit_next)
         {
             let end = scan_number(text, i);
@@ -986,9 +1017,9 @@ fn tokenize(text: &str) -> Tokenized {
                 continue;
             }
         }
-        if OPERATOR_CHARS.contains(c) && !(c == '!' && next != Some('=')) {
+        if is_operator_char(c) && !(c == '!' && next != Some('=')) {
             let end = text[i..]
-                .find(|ch: char| !OPERATOR_CHARS.contains(ch))
+                .find(|ch: char| !is_operator_char(ch))
                 .map_or(text.len(), |n| i + n);
             let op = &text[i..end];
             match op {
@@ -1039,12 +1070,17 @@ impl Tokenized {
             self.lower.push(' ');
         }
         let low_start = self.lower.len();
-        for c in text[start..end].chars() {
-            match c {
-                '’' | '‘' => self.lower.push('\''),
-                'ĳ' | 'Ĳ' => self.lower.push_str("ij"),
-                c if c.is_ascii() => self.lower.push(c.to_ascii_lowercase()),
-                c => self.lower.extend(c.to_lowercase()),
+        let raw = &text[start..end];
+        if raw.is_ascii() {
+            self.lower.push_str(raw);
+            self.lower[low_start..].make_ascii_lowercase();
+        } else {
+            for c in raw.chars() {
+                match c {
+                    '’' | '‘' => self.lower.push('\''),
+                    'ĳ' | 'Ĳ' => self.lower.push_str("ij"),
+                    c => self.lower.extend(c.to_lowercase()),
+                }
             }
         }
         // English possessive and Dutch plural "'s": "France's" is "france".
@@ -1073,7 +1109,25 @@ fn scan_word(text: &str, start: usize) -> (usize, u16) {
     }
     let (mut letters, mut capitals, mut first_letter) = (0usize, 0usize, None);
     let mut after_lower = false;
+    let bytes = text.as_bytes();
     while let Some(c) = char_at(text, i) {
+        if c.is_ascii_alphanumeric() {
+            // The common case, without decoding or Unicode tables.
+            let b = bytes[i];
+            if b.is_ascii_alphabetic() {
+                letters += 1;
+                first_letter.get_or_insert(c);
+                if b.is_ascii_uppercase() {
+                    capitals += 1;
+                    if after_lower {
+                        shape |= INNER_CAPS;
+                    }
+                }
+                after_lower = b.is_ascii_lowercase();
+            }
+            i += 1;
+            continue;
+        }
         let width = c.len_utf8();
         let next = char_at(text, i + width);
         if c.is_alphanumeric() {
@@ -1295,7 +1349,7 @@ fn parse_number(low: &str) -> ParsedNumber<'_> {
         }
     }
     let core_len = rest
-        .find(|c: char| !(c.is_ascii_digit() || ".,:/-".contains(c)))
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | ',' | ':' | '/' | '-')))
         .unwrap_or(rest.len());
     let (core, suffix) = rest.split_at(core_len);
     let exact = || NumberValue::Exact(fx_hash(core.as_bytes()) ^ 0x5bd1_e995);
@@ -1346,48 +1400,46 @@ fn parse_number(low: &str) -> ParsedNumber<'_> {
 }
 
 fn decimal(core: &str, negative: bool) -> Option<NumberValue> {
-    let mut groups = core.split(['.', ',']);
-    let head = groups.next().unwrap_or("");
-    let seps: Vec<u8> = core.bytes().filter(|b| matches!(b, b'.' | b',')).collect();
-    let tail: Vec<&str> = groups.collect();
+    let is_mark = |b: &u8| matches!(b, b'.' | b',');
     let digits = core.bytes().filter(u8::is_ascii_digit).count();
-    let (integer_part, fraction): (Vec<&str>, &str) = match (seps.as_slice(), tail.as_slice()) {
-        ([], _) => (vec![head], ""),
-        ([_], [last]) if last.len() == 3 && head.len() <= 3 && head != "0" => {
-            (vec![head, last], "")
+    let marks = core.bytes().filter(is_mark).count();
+    let head = &core[..core.find(['.', ',']).unwrap_or(core.len())];
+    let in_threes = |groups: &str| groups.split(['.', ',']).all(|g| g.len() == 3);
+    // Where the decimal mark is, if there is one.
+    let decimal_mark = match core.rfind(['.', ',']) {
+        None => None,
+        Some(last) if marks == 1 => {
+            let thousands = core.len() - last - 1 == 3 && head.len() <= 3 && head != "0";
+            (!thousands).then_some(last)
         }
-        ([_], [last]) => (vec![head], last),
-        (many, groups) if many.iter().all(|s| *s == many[0]) => {
-            if !groups.iter().all(|g| g.len() == 3) {
-                return None;
+        Some(last) => {
+            let last_mark = core.as_bytes()[last];
+            if core.bytes().filter(is_mark).all(|b| b == last_mark) {
+                // "1.000.000": all grouping, or a version ("3.12.1").
+                if !in_threes(&core[head.len() + 1..]) {
+                    return None;
+                }
+                None
+            } else {
+                // Mixed marks: the last one is decimal, the others group thousands.
+                let grouped = &core[head.len() + 1..last];
+                if grouped.bytes().any(|b| b == last_mark) || !in_threes(grouped) {
+                    return None;
+                }
+                Some(last)
             }
-            (
-                std::iter::once(head)
-                    .chain(groups.iter().copied())
-                    .collect(),
-                "",
-            )
         }
-        (many, groups) => {
-            // Mixed marks: the last one is decimal, the others group thousands.
-            let last_mark = many[many.len() - 1];
-            let grouping = &many[..many.len() - 1];
-            let (fraction, whole) = groups.split_last()?;
-            if grouping.contains(&last_mark) || !whole.iter().all(|g| g.len() == 3) {
-                return None;
-            }
-            (
-                std::iter::once(head).chain(whole.iter().copied()).collect(),
-                fraction,
-            )
-        }
+    };
+    let (whole, fraction) = match decimal_mark {
+        Some(at) => (&core[..at], &core[at + 1..]),
+        None => (core, ""),
     };
     let fraction = fraction.trim_end_matches('0');
     let mut mantissa: u128 = 0;
-    for d in integer_part
-        .iter()
-        .flat_map(|g| g.bytes())
+    for d in whole
+        .bytes()
         .chain(fraction.bytes())
+        .filter(u8::is_ascii_digit)
     {
         mantissa = mantissa.wrapping_mul(10).wrapping_add((d - b'0') as u128);
     }
