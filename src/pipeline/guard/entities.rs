@@ -540,7 +540,7 @@ pub fn luhn_ok(ds: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn card_number_ok(s: &[u8]) -> bool {
