@@ -5,25 +5,18 @@
 //! all-MiniLM-L6-v2 from `make models`; skipped with a note when absent).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice::config::snapshot::{CacheSettings, EmbedderSettings};
-use sluice::config::Verify;
+use sluice::config::parse_str;
+use sluice::config::snapshot::{CacheSettings, EmbedderSettings, Snapshot};
 use sluice::pipeline::cache::{self, Cache, Consulted, Namespace};
 use std::future::Future;
 use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 
+/// The exact cache with the defaults of `[cache]`.
 fn settings() -> CacheSettings {
-    CacheSettings {
-        exact: true,
-        semantic: false,
-        similarity: 0.92,
-        verify: Verify::Strict,
-        ttl_s: 3600,
-        max_entries: 100_000,
-        max_temperature: 0.0,
-        persist: None,
-        embedder: None,
-    }
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n\n[[models]]\nname = \"m1\"\ntargets = [{ upstream = \"a\" }]\n\n[cache]\nsemantic = false\n";
+    let cfg = parse_str(config, std::path::Path::new(".")).unwrap();
+    Snapshot::build(&cfg, config).unwrap().cache.unwrap()
 }
 
 /// Polls a future that never waits (an exact lookup) to its end.

@@ -126,7 +126,7 @@ pub struct Snapshot {
 }
 
 /// `[cache]` and `[cache.embedder]`, resolved (see pipeline/cache).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CacheSettings {
     pub exact: bool,
     pub semantic: bool,
@@ -140,7 +140,7 @@ pub struct CacheSettings {
 }
 
 /// Where the semantic cache's embeddings come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum EmbedderSettings {
     Local {
         model_dir: std::path::PathBuf,
@@ -148,10 +148,8 @@ pub enum EmbedderSettings {
     },
     /// `/v1/embeddings` of the first target of a `[[models]]` entry.
     Upstream {
-        address: String,
-        path_prefix: String,
-        host_header: String,
-        authorization: Option<String>,
+        upstream: Box<UpstreamSpec>,
+        /// The model name that server knows.
         model: String,
     },
 }
@@ -435,10 +433,7 @@ fn cache_settings(
                     .map(|&t| &upstreams[t])
                     .ok_or_else(|| SnapshotError::Cache(format!("{name} has no target")))?;
                 EmbedderSettings::Upstream {
-                    address: spec.addr.to_string(),
-                    path_prefix: spec.path_prefix.to_string(),
-                    host_header: spec.host_header.to_string(),
-                    authorization: spec.authorization.as_deref().map(str::to_owned),
+                    upstream: Box::new(spec.clone()),
                     model: route
                         .rewrite_to
                         .as_deref()

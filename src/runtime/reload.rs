@@ -135,7 +135,7 @@ impl Shared {
         // with (its presence, embedder, bounds, persist) needs a restart.
         let opened = |c: &Option<crate::config::snapshot::CacheSettings>| {
             c.as_ref()
-                .map(|c| (c.embedder.clone(), c.max_entries, c.persist.clone()))
+                .map(|c| format!("{:?}", (&c.embedder, c.max_entries, &c.persist)))
         };
         if opened(&before.cache) != opened(&snapshot.cache) {
             fixed.push("[cache] (presence, embedder, max_entries, persist)");

@@ -291,7 +291,19 @@ pub fn server_queue(metrics: &str) -> u32 {
 /// A blocking `GET` with the upstream's connect timeout for every step,
 /// over TLS for `https://` upstreams.
 fn http_get(spec: &UpstreamSpec, path: &str) -> Option<(u16, Vec<u8>)> {
-    let timeout = spec.connect_timeout;
+    blocking_request(spec, path, None, spec.connect_timeout)
+}
+
+/// A blocking request to an upstream from a helper thread (health checks,
+/// the cache's embedding thread): `GET path`, or `POST path` with a JSON
+/// body; `timeout` for every step; over TLS for `https://` upstreams.
+/// Returns the status and the (de-chunked) body.
+pub fn blocking_request(
+    spec: &UpstreamSpec,
+    path: &str,
+    json_body: Option<&[u8]>,
+    timeout: Duration,
+) -> Option<(u16, Vec<u8>)> {
     let stream = std::net::TcpStream::connect_timeout(&spec.addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
@@ -300,18 +312,28 @@ fn http_get(spec: &UpstreamSpec, path: &str) -> Option<(u16, Vec<u8>)> {
         .as_deref()
         .map(|a| format!("authorization: {a}\r\n"))
         .unwrap_or_default();
-    let request = format!(
-        "GET {}{} HTTP/1.1\r\nhost: {}\r\n{auth}user-agent: sluice-health\r\nconnection: close\r\n\r\n",
+    let (method, framing) = match json_body {
+        None => ("GET", String::new()),
+        Some(b) => (
+            "POST",
+            format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                b.len()
+            ),
+        ),
+    };
+    let mut request = format!(
+        "{method} {}{} HTTP/1.1\r\nhost: {}\r\n{auth}{framing}user-agent: sluice\r\nconnection: close\r\n\r\n",
         spec.path_prefix, path, spec.host_header
-    );
+    )
+    .into_bytes();
+    request.extend_from_slice(json_body.unwrap_or_default());
+    let request = &request[..];
     let raw = match &spec.tls {
-        None => exchange(stream, request.as_bytes())?,
+        None => exchange(stream, request)?,
         Some(tls) => {
             let session = tls.blocking().ok()?;
-            exchange(
-                rustls::StreamOwned::new(session, stream),
-                request.as_bytes(),
-            )?
+            exchange(rustls::StreamOwned::new(session, stream), request)?
         }
     };
     let head = crate::http::head::parse_response(&raw, crate::http::head::Method::Get).ok()??;

@@ -135,14 +135,9 @@ impl Assembled {
             }
         }
         for choice in choices {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if index > 128 {
+            let Some(slot) = indexed(&mut self.choices, &choice) else {
                 return false;
-            }
-            if self.choices.len() <= index {
-                self.choices.resize_with(index + 1, Choice::default);
-            }
-            let slot = &mut self.choices[index];
+            };
             if let Some(delta) = choice.get("delta") {
                 if let Some(role) = delta.get("role").and_then(Value::as_str) {
                     slot.role = Some(role.to_owned());
@@ -156,14 +151,9 @@ impl Assembled {
                     .into_iter()
                     .flatten()
                 {
-                    let at = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                    if at > 128 {
+                    let Some(tc) = indexed(&mut slot.tool_calls, call) else {
                         return false;
-                    }
-                    if slot.tool_calls.len() <= at {
-                        slot.tool_calls.resize_with(at + 1, ToolCall::default);
-                    }
-                    let tc = &mut slot.tool_calls[at];
+                    };
                     if let Some(id) = call.get("id") {
                         tc.id = id.clone();
                     }
@@ -223,6 +213,19 @@ impl Assembled {
         out.insert("choices".into(), choices.into());
         Some(Value::Object(out))
     }
+}
+
+/// The element a delta's `index` names, created when first seen; None for
+/// an index past 128 (no real answer has that many choices or calls).
+fn indexed<'a, T: Default>(items: &'a mut Vec<T>, delta: &Value) -> Option<&'a mut T> {
+    let index = delta.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+    if index > 128 {
+        return None;
+    }
+    if items.len() <= index {
+        items.resize_with(index + 1, T::default);
+    }
+    items.get_mut(index)
 }
 
 impl Recording {

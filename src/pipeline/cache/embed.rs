@@ -6,7 +6,6 @@
 
 use super::CacheError;
 use crate::config::snapshot::EmbedderSettings;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,12 +19,7 @@ pub enum Embedder {
 }
 
 pub struct UpstreamEmbedder {
-    /// `host:port` of the model server.
-    address: String,
-    /// Path prefix of the upstream (e.g. `/v1` is added after it).
-    path: String,
-    host_header: String,
-    authorization: Option<String>,
+    upstream: Box<crate::upstream::UpstreamSpec>,
     /// The model name the server knows.
     model: String,
 }
@@ -37,19 +31,12 @@ impl Embedder {
                 model_dir,
                 onnxruntime,
             } => load_local(model_dir, onnxruntime),
-            EmbedderSettings::Upstream {
-                address,
-                path_prefix,
-                host_header,
-                authorization,
-                model,
-            } => Ok(Embedder::Upstream(UpstreamEmbedder {
-                address: address.clone(),
-                path: format!("{path_prefix}/v1/embeddings"),
-                host_header: host_header.clone(),
-                authorization: authorization.clone(),
-                model: model.clone(),
-            })),
+            EmbedderSettings::Upstream { upstream, model } => {
+                Ok(Embedder::Upstream(UpstreamEmbedder {
+                    upstream: upstream.clone(),
+                    model: model.clone(),
+                }))
+            }
         }
     }
 
@@ -138,52 +125,20 @@ fn load_local(model_dir: &Path, onnxruntime: &Path) -> Result<Embedder, CacheErr
 
 impl UpstreamEmbedder {
     /// POST /v1/embeddings with every text in one request (the server
-    /// batches on its GPU); a blocking client, as this runs on the
-    /// embedding thread.
+    /// batches on its GPU); blocking, as this runs on the embedding thread.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, CacheError> {
-        let fail = |m: String| CacheError::Embed(format!("{}: {m}", self.address));
+        let fail = |m: String| CacheError::Embed(format!("{}: {m}", self.upstream.name));
         let body = serde_json::to_vec(&serde_json::json!({"model": self.model, "input": texts}))
             .map_err(|e| fail(e.to_string()))?;
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&self.address)
-            .map_err(|e| fail(e.to_string()))?
-            .next()
-            .ok_or_else(|| fail("no address".into()))?;
-        let timeout = Duration::from_secs(5);
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| fail(e.to_string()))?;
-        let _ = stream.set_read_timeout(Some(timeout));
-        let _ = stream.set_nodelay(true);
-        let auth = self
-            .authorization
-            .as_deref()
-            .map(|a| format!("authorization: {a}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n",
-            self.path,
-            self.host_header,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(&body))
-            .map_err(|e| fail(e.to_string()))?;
-        let mut answer = Vec::new();
-        stream
-            .read_to_end(&mut answer)
-            .map_err(|e| fail(e.to_string()))?;
-        let split = memchr::memmem::find(&answer, b"\r\n\r\n")
-            .ok_or_else(|| fail("no HTTP head".into()))?;
-        let status_ok = answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200");
-        if !status_ok {
-            let line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
-            return Err(fail(String::from_utf8_lossy(line).into_owned()));
-        }
-        let head = &answer[..split];
-        let mut body = answer[split + 4..].to_vec();
-        if memchr::memmem::find(&head.to_ascii_lowercase(), b"transfer-encoding: chunked").is_some()
-        {
-            body = dechunk(&body).ok_or_else(|| fail("bad chunked body".into()))?;
+        let (status, answer) = crate::upstream::health::blocking_request(
+            &self.upstream,
+            "/v1/embeddings",
+            Some(&body),
+            Duration::from_secs(5),
+        )
+        .ok_or_else(|| fail("no answer".into()))?;
+        if status != 200 {
+            return Err(fail(format!("status {status}")));
         }
         #[derive(serde::Deserialize)]
         struct Embeddings {
@@ -195,24 +150,9 @@ impl UpstreamEmbedder {
             embedding: Vec<f32>,
         }
         let mut parsed: Embeddings =
-            serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+            serde_json::from_slice(&answer).map_err(|e| fail(e.to_string()))?;
         parsed.data.sort_by_key(|i| i.index);
         Ok(parsed.data.into_iter().map(|i| i.embedding).collect())
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = memchr::memmem::find(body, b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
     }
 }
 
@@ -237,14 +177,5 @@ mod tests {
         assert_eq!(question_core("  What is it?! \n"), "What is it");
         assert_eq!(question_core("5.5"), "5.5");
         assert_eq!(question_core("?"), "");
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").as_deref(),
-            Some(&b"abcde"[..])
-        );
-        assert_eq!(dechunk(b"9\r\nabc"), None);
     }
 }
