@@ -1,28 +1,54 @@
 #!/usr/bin/env bash
 # Compare requests/s and latency of the same chat-completion POST sent
-#   (a) straight to a fixed nginx upstream,
-#   (b) through nginx as a plain keep-alive reverse proxy,
-#   (c) through sluice,
-#   (d) through sluice with PII scanning on (`sluice+pii`: every built-in
-#       entity masked in requests and answers; the body holds one email),
+#   (a) straight to a fixed nginx upstream                     direct (upstream)
+#   (b) through nginx as a plain keep-alive reverse proxy      nginx proxy
+#   (c) through sluice with no policy configured               sluice
+#   (d) through sluice with PII masking of requests and answers
+#       (every built-in entity; the body holds one email)      sluice+pii
+#   (e) through sluice with every policy on                    sluice (all policies)
+#       (loadtest/sluice-all-policies.toml: API key and team, model allow-list,
+#       rpm/tpm/max_concurrent, a priced budget, PII mask with scan_responses,
+#       prompt-injection block and a deny pattern, hash-chained audit log with
+#       fsync = "batch", exact cache present but bypassed: the request has no
+#       temperature), none of which refuses a request of the load
+#   (f) optional: (e) with "temperature": 0 in the body, so that the cache
+#       answers (CACHE_HITS=1)                                 sluice (all policies, cache hits)
+#   (g) through the LiteLLM proxy and (h) the Portkey gateway, when installed,
+#       both with the upstream as an OpenAI-compatible provider  LiteLLM, Portkey
 # on the "fair rig" for 2 cores: upstream nginx and the load generator pinned
-# to CPU 0, the proxy under test alone on CPU 1, each proxy measured alone.
-# See loadtest/README.md for how to read the output.
+# to CPU 0, the proxy under test alone on CPU 1 (one worker/process), each
+# proxy started, measured and stopped alone. All rows in one table.
+# See loadtest/README.md for how to install the peers and read the output;
+# bench/side-by-side.sh is the entry point for the full table (PEERS=1).
 #
 # Usage (from anywhere):
 #   cargo build --release && loadtest/compare.sh
 #   QUICK=1 loadtest/compare.sh                  # 2 s per measurement
-#   SKIP_SLUICE=1 loadtest/compare.sh            # only (a) and (b)
+#   SKIP_SLUICE=1 loadtest/compare.sh            # no sluice row at all
 #   SKIP_PII=1 loadtest/compare.sh               # without (d)
+#   SKIP_POLICIES=1 loadtest/compare.sh          # without (e) and (f)
+#   CACHE_HITS=1 loadtest/compare.sh             # with (f)
+#   PEERS=1 loadtest/compare.sh                  # (g) and (h) required; 0 = never; auto = when installed
 #   RUNS=3 DURATION=10s loadtest/compare.sh      # 3 interleaved rounds, medians
-#   LATENCY_AT_HALF=1 loadtest/compare.sh        # + fixed-rate latency (needs oha)
+#   LATENCY_AT_HALF=1 loadtest/compare.sh        # + fixed-rate latency (needs oha; not for peers)
 #
 # Settings (environment):
 #   DURATION=8s  CONNECTIONS=32  RUNS=1  QUICK=0 (1 = 2s per measurement)
-#   WARMUP=1s (0 = none)  THREADS=1 (wrk threads)
+#   WARMUP=1s (0 = none)  THREADS=1 (wrk threads)  WRK_TIMEOUT=2s (wrk --timeout)
 #   SLUICE_BIN=target/release/sluice (relative: to the current dir, else the repo root)
-#   SKIP_SLUICE=0  SKIP_PII=0  LATENCY_AT_HALF=0  OHA_BIN=(oha on PATH or ~/.cargo/bin/oha)
+#   SKIP_SLUICE=0  SKIP_PII=0  SKIP_POLICIES=0  CACHE_HITS=0
+#   SLUICE_POLICIES_CONFIG=loadtest/sluice-all-policies.toml (the all-policies config; its
+#     ports and upstream are rewritten as for the committed one)
+#   LATENCY_AT_HALF=0  OHA_BIN=(oha on PATH or ~/.cargo/bin/oha)
+#   PEERS=auto (auto | 1 | 0)  PEERS_DIR=<repo>/../peers (where --install-peers of
+#     bench/side-by-side.sh puts them)
+#   LITELLM_BIN=(litellm on PATH, else $PEERS_DIR/litellm/bin/litellm, else
+#     `python3 -m litellm.proxy.proxy_cli` when python3 has litellm[proxy])
+#   PORTKEY_DIR=$PEERS_DIR/portkey (holds node_modules/@portkey-ai/gateway)  NODE_BIN=node
+#   PEER_CONNECTIONS=$CONNECTIONS  PEER_DURATION=$DURATION  PEER_WARMUP=2s
+#   PEER_TIMEOUT=10s (wrk --timeout for the peers)  PEER_READY_TIMEOUT=120 (seconds)
 #   UPSTREAM_PORT=18080 PROXY_PORT=18081 SLUICE_PORT=18082 SLUICE_METRICS_PORT=19092
+#   LITELLM_PORT=18083 PORTKEY_PORT=18084
 #   LOADGEN_CPU=0 PROXY_CPU=1  READY_TIMEOUT=20 (seconds)  RESULTS_DIR=loadtest/results
 
 set -euo pipefail
@@ -40,24 +66,47 @@ CONNECTIONS=${CONNECTIONS:-32}
 RUNS=${RUNS:-1}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-1s}
+WRK_TIMEOUT=${WRK_TIMEOUT:-2s}
 SKIP_SLUICE=${SKIP_SLUICE:-0}
 SKIP_PII=${SKIP_PII:-0}
+SKIP_POLICIES=${SKIP_POLICIES:-0}
+CACHE_HITS=${CACHE_HITS:-0}
 LATENCY_AT_HALF=${LATENCY_AT_HALF:-0}
 SLUICE_BIN=${SLUICE_BIN:-target/release/sluice}
+PEERS=${PEERS:-auto}
+PEERS_DIR=${PEERS_DIR:-$REPO_ROOT/../peers}
+[[ ! -d $PEERS_DIR ]] || PEERS_DIR=$(cd "$PEERS_DIR" && pwd)
+LITELLM_BIN=${LITELLM_BIN:-}
+PORTKEY_DIR=${PORTKEY_DIR:-$PEERS_DIR/portkey}
+NODE_BIN=${NODE_BIN:-node}
+PEER_CONNECTIONS=${PEER_CONNECTIONS:-$CONNECTIONS}
+PEER_DURATION=${PEER_DURATION:-$DURATION}
+PEER_WARMUP=${PEER_WARMUP:-2s}
+PEER_TIMEOUT=${PEER_TIMEOUT:-10s}
+PEER_READY_TIMEOUT=${PEER_READY_TIMEOUT:-120}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18080}
 PROXY_PORT=${PROXY_PORT:-18081}
 SLUICE_PORT=${SLUICE_PORT:-18082}
 SLUICE_METRICS_PORT=${SLUICE_METRICS_PORT:-19092}
+LITELLM_PORT=${LITELLM_PORT:-18083}
+PORTKEY_PORT=${PORTKEY_PORT:-18084}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 RESULTS_DIR=${RESULTS_DIR:-$SCRIPT_DIR/results}
 
-# 229 bytes with one email in it (masked by sluice+pii); the upstream answers
-# with a 283-byte JSON body.
+# 229 bytes with one email in it (masked by sluice+pii and sluice (all
+# policies)); the upstream answers with a 283-byte JSON body. BODY_HIT is the
+# same request with "temperature": 0, which the cache may answer (CACHE_HITS=1).
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}'
+BODY_HIT='{"model":"bench-model","temperature":0,"messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}'
 AUTH_HEADER='Authorization: Bearer sk-bench'
 REQ_PATH=/v1/chat/completions
+UPSTREAM_TEXT='Hello from the fixed upstream.'
+POLICIES_TOML=${SLUICE_POLICIES_CONFIG:-$SCRIPT_DIR/sluice-all-policies.toml}
+LITELLM_YAML=$SCRIPT_DIR/peers/litellm.yaml
+LITELLM_LOG_CONFIG=$SCRIPT_DIR/peers/litellm-log.json
+PORTKEY_SCRIPT_REL=node_modules/@portkey-ai/gateway/build/start-server.js
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 die() {
@@ -67,13 +116,21 @@ die() {
 
 # ---------------------------------------------------------------- checks ----
 duration_re='^[0-9]+(s|m|h)?$'
-[[ $DURATION =~ $duration_re ]] || die "DURATION must look like 8s, 1m or 30 (got '$DURATION')"
-[[ $WARMUP == 0 || $WARMUP =~ $duration_re ]] || die "WARMUP must look like 1s or 0 (got '$WARMUP')"
-for v in CONNECTIONS RUNS THREADS READY_TIMEOUT UPSTREAM_PORT PROXY_PORT SLUICE_PORT SLUICE_METRICS_PORT LOADGEN_CPU PROXY_CPU; do
+for v in DURATION PEER_DURATION WRK_TIMEOUT PEER_TIMEOUT; do
+    [[ ${!v} =~ $duration_re ]] || die "$v must look like 8s, 1m or 30 (got '${!v}')"
+done
+for v in WARMUP PEER_WARMUP; do
+    [[ ${!v} == 0 || ${!v} =~ $duration_re ]] || die "$v must look like 1s or 0 (got '${!v}')"
+done
+for v in CONNECTIONS PEER_CONNECTIONS RUNS THREADS READY_TIMEOUT PEER_READY_TIMEOUT UPSTREAM_PORT PROXY_PORT \
+    SLUICE_PORT SLUICE_METRICS_PORT LITELLM_PORT PORTKEY_PORT LOADGEN_CPU PROXY_CPU; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
-((CONNECTIONS >= 1 && RUNS >= 1 && THREADS >= 1)) || die "CONNECTIONS, RUNS and THREADS must be >= 1"
-((CONNECTIONS >= THREADS)) || die "CONNECTIONS ($CONNECTIONS) must be >= THREADS ($THREADS) for wrk"
+((CONNECTIONS >= 1 && PEER_CONNECTIONS >= 1 && RUNS >= 1 && THREADS >= 1)) ||
+    die "CONNECTIONS, PEER_CONNECTIONS, RUNS and THREADS must be >= 1"
+((CONNECTIONS >= THREADS && PEER_CONNECTIONS >= THREADS)) ||
+    die "CONNECTIONS ($CONNECTIONS) and PEER_CONNECTIONS ($PEER_CONNECTIONS) must be >= THREADS ($THREADS) for wrk"
+[[ $PEERS == auto || $PEERS == 0 || $PEERS == 1 ]] || die "PEERS must be auto, 0 or 1 (got '$PEERS')"
 
 for tool in nginx wrk curl taskset awk sed sort; do
     command -v "$tool" >/dev/null 2>&1 ||
@@ -93,11 +150,81 @@ if [[ $SKIP_SLUICE != 1 ]]; then
   build it first (cd $REPO_ROOT && cargo build --release), point SLUICE_BIN at it,
   or run with SKIP_SLUICE=1 to measure only the direct and nginx-proxy targets."
     fi
+    if [[ $SKIP_POLICIES != 1 ]]; then
+        [[ -r $POLICIES_TOML ]] || die "missing $POLICIES_TOML (or run with SKIP_POLICIES=1)"
+    fi
 fi
 
 OHA_BIN=${OHA_BIN:-$(command -v oha 2>/dev/null || true)}
 if [[ -z $OHA_BIN && -x $HOME/.cargo/bin/oha ]]; then
     OHA_BIN=$HOME/.cargo/bin/oha
+fi
+
+# ----------------------------------------------------------- the peers ----
+# LiteLLM: a `litellm` command (LITELLM_BIN, PATH, or the venv that
+# bench/side-by-side.sh --install-peers makes), or python3 with the module;
+# either way its Python must have the proxy extras (fastapi, uvicorn, ...).
+LITELLM_CMD=()
+LITELLM_PY=""
+LITELLM_WHY=""
+find_litellm() {
+    local bin=$LITELLM_BIN py first
+    if [[ -z $bin ]]; then
+        bin=$(command -v litellm 2>/dev/null || true)
+        [[ -n $bin || ! -x $PEERS_DIR/litellm/bin/litellm ]] || bin=$PEERS_DIR/litellm/bin/litellm
+    fi
+    if [[ -n $bin ]]; then
+        [[ -x $bin ]] || {
+            LITELLM_WHY="LITELLM_BIN=$bin is not executable"
+            return 1
+        }
+        # The Python it runs on: its shebang's, unless that is not a Python
+        # (a pyenv shim is a shell script), then python3.
+        first=$(head -c 256 "$bin" 2>/dev/null | tr -d '\0' | head -n 1 || true)
+        py=${first#\#!}
+        py=${py#/usr/bin/env }
+        py=${py%% *}
+        [[ $first == '#!'* && ${py##*/} == python* ]] || py=python3
+        LITELLM_CMD=("$bin")
+    else
+        py=python3
+        LITELLM_CMD=(python3 -m litellm.proxy.proxy_cli)
+    fi
+    command -v "$py" >/dev/null 2>&1 || {
+        LITELLM_WHY="no $py for litellm"
+        return 1
+    }
+    if ! "$py" - <<'PY' >/dev/null 2>&1; then
+import importlib.util, sys
+sys.exit(0 if all(importlib.util.find_spec(m) for m in ("litellm", "fastapi", "uvicorn", "backoff", "orjson")) else 1)
+PY
+        LITELLM_WHY="$py has no litellm with the proxy extras (pip install 'litellm[proxy]==1.100.5')"
+        return 1
+    fi
+    LITELLM_PY=$py
+}
+PORTKEY_WHY=""
+find_portkey() {
+    [[ -f $PORTKEY_DIR/$PORTKEY_SCRIPT_REL ]] || {
+        PORTKEY_WHY="no $PORTKEY_DIR/$PORTKEY_SCRIPT_REL (npm install @portkey-ai/gateway@1.15.2 in PORTKEY_DIR)"
+        return 1
+    }
+    command -v "$NODE_BIN" >/dev/null 2>&1 || {
+        PORTKEY_WHY="no '$NODE_BIN' (Node.js) to run it"
+        return 1
+    }
+}
+HAVE_LITELLM=0 HAVE_PORTKEY=0
+PEERS_NOTE=""
+if [[ $PEERS != 0 ]]; then
+    if find_litellm; then HAVE_LITELLM=1; else PEERS_NOTE+="LiteLLM left out: $LITELLM_WHY. "; fi
+    if find_portkey; then HAVE_PORTKEY=1; else PEERS_NOTE+="Portkey left out: $PORTKEY_WHY. "; fi
+    if [[ $PEERS == 1 && -n $PEERS_NOTE ]]; then
+        die "PEERS=1 but a peer is not installed: ${PEERS_NOTE}
+  Install both with: bench/side-by-side.sh --install-peers (into PEERS_DIR=$PEERS_DIR),
+  or see loadtest/README.md, 'Peers'; PEERS=auto leaves missing peers out."
+    fi
+    [[ -z $PEERS_NOTE ]] || log "PEERS=auto: $PEERS_NOTE"
 fi
 
 NPROC=$(nproc)
@@ -110,6 +237,71 @@ for cpu in "$LOADGEN_CPU" "$PROXY_CPU"; do
     taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (taskset -c $cpu failed; check the cpuset)"
 done
 
+# ------------------------------------------------------------- targets ----
+TARGETS=(direct nginx-proxy)
+if [[ $SKIP_SLUICE != 1 ]]; then
+    TARGETS+=(sluice)
+    [[ $SKIP_PII == 1 ]] || TARGETS+=(sluice-pii)
+    if [[ $SKIP_POLICIES != 1 ]]; then
+        TARGETS+=(sluice-all)
+        [[ $CACHE_HITS != 1 ]] || TARGETS+=(sluice-all-hit)
+    fi
+fi
+[[ $HAVE_PORTKEY != 1 ]] || TARGETS+=(portkey)
+[[ $HAVE_LITELLM != 1 ]] || TARGETS+=(litellm)
+is_peer() { [[ $1 == litellm || $1 == portkey ]]; }
+is_sluice() { [[ $1 == sluice* ]]; }
+
+LITELLM_VER="" PORTKEY_VER="" NODE_VER=""
+if [[ $HAVE_LITELLM == 1 ]]; then
+    LITELLM_VER=$("$LITELLM_PY" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null || echo "?")
+fi
+if [[ $HAVE_PORTKEY == 1 ]]; then
+    PORTKEY_VER=$(awk -F'"' '$2 == "version" { print $4; exit }' "$PORTKEY_DIR/node_modules/@portkey-ai/gateway/package.json" 2>/dev/null || true)
+    NODE_VER=$("$NODE_BIN" --version 2>/dev/null || echo "?")
+fi
+declare -A LABEL=(
+    [direct]="direct (upstream)"
+    [nginx-proxy]="nginx proxy"
+    [sluice]="sluice"
+    [sluice-pii]="sluice+pii"
+    [sluice-all]="sluice (all policies)"
+    [sluice-all-hit]="sluice (all policies, cache hits)"
+    [litellm]="LiteLLM ${LITELLM_VER:-}"
+    [portkey]="Portkey gateway ${PORTKEY_VER:-}"
+)
+
+# Per target: base URL, readiness URL, request body, extra headers, load.
+declare -A T_BASE T_HEALTH T_BODY T_HDRS T_CONNS T_DUR T_WARMUP T_TIMEOUT T_READY
+for t in "${TARGETS[@]}"; do
+    T_BODY[$t]=$BODY
+    T_HDRS[$t]=""
+    T_CONNS[$t]=$CONNECTIONS
+    T_DUR[$t]=$DURATION
+    T_WARMUP[$t]=$WARMUP
+    T_TIMEOUT[$t]=$WRK_TIMEOUT
+    T_READY[$t]=$READY_TIMEOUT
+    if is_peer "$t"; then
+        T_CONNS[$t]=$PEER_CONNECTIONS
+        T_DUR[$t]=$PEER_DURATION
+        T_WARMUP[$t]=$PEER_WARMUP
+        T_TIMEOUT[$t]=$PEER_TIMEOUT
+        T_READY[$t]=$PEER_READY_TIMEOUT
+    fi
+    case $t in
+    direct) T_BASE[$t]=http://127.0.0.1:$UPSTREAM_PORT T_HEALTH[$t]=http://127.0.0.1:$UPSTREAM_PORT/health ;;
+    nginx-proxy) T_BASE[$t]=http://127.0.0.1:$PROXY_PORT T_HEALTH[$t]=http://127.0.0.1:$PROXY_PORT/health ;;
+    sluice*) T_BASE[$t]=http://127.0.0.1:$SLUICE_PORT T_HEALTH[$t]=http://127.0.0.1:$SLUICE_PORT/health ;;
+    litellm) T_BASE[$t]=http://127.0.0.1:$LITELLM_PORT T_HEALTH[$t]=http://127.0.0.1:$LITELLM_PORT/health/liveliness ;;
+    # Portkey routes by headers: the provider, and the upstream as its host.
+    portkey)
+        T_BASE[$t]=http://127.0.0.1:$PORTKEY_PORT T_HEALTH[$t]=http://127.0.0.1:$PORTKEY_PORT/
+        T_HDRS[$t]="x-portkey-provider: openai"$'\n'"x-portkey-custom-host: http://127.0.0.1:$UPSTREAM_PORT/v1"
+        ;;
+    esac
+done
+[[ -z ${T_BODY[sluice-all-hit]:-} ]] || T_BODY[sluice-all-hit]=$BODY_HIT
+
 # A port is free when curl cannot connect to it (exit code 7).
 port_free() {
     local rc=0
@@ -118,6 +310,8 @@ port_free() {
 }
 ports=("$UPSTREAM_PORT" "$PROXY_PORT")
 [[ $SKIP_SLUICE == 1 ]] || ports+=("$SLUICE_PORT" "$SLUICE_METRICS_PORT")
+[[ $HAVE_LITELLM != 1 ]] || ports+=("$LITELLM_PORT")
+[[ $HAVE_PORTKEY != 1 ]] || ports+=("$PORTKEY_PORT")
 for p in "${ports[@]}"; do
     port_free "$p" || die "port $p is already in use (stop whatever listens there or set the *_PORT variables)"
 done
@@ -194,18 +388,23 @@ busy_pct() {
     awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.0f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }'
 }
 
+# Seconds in a wrk duration (8s, 1m, 30).
+dur_s() { awk -v d="$1" 'BEGIN { m = 1; if (d ~ /m$/) m = 60; if (d ~ /h$/) m = 3600; sub(/[smh]$/, "", d); print d * m }'; }
+
 # ------------------------------------------------------------- services ----
-render_nginx_conf() {
-    # Placeholders first, so that any port mapping works.
-    sed -e "s/127\.0\.0\.1:18080/127.0.0.1:@UP@/g" -e "s/127\.0\.0\.1:18081/127.0.0.1:@PX@/g" "$1" |
-        sed -e "s/@UP@/$UPSTREAM_PORT/g" -e "s/@PX@/$PROXY_PORT/g"
+# render_ports FILE: the committed files use the default ports; rewrite them
+# (through placeholders, so that any mapping works).
+render_ports() {
+    sed -e "s/127\.0\.0\.1:18080/127.0.0.1:@UP@/g" -e "s/127\.0\.0\.1:18081/127.0.0.1:@PX@/g" \
+        -e "s/127\.0\.0\.1:18082/127.0.0.1:@SL@/g" -e "s/127\.0\.0\.1:19092/127.0.0.1:@SM@/g" "$1" |
+        sed -e "s/@UP@/$UPSTREAM_PORT/g" -e "s/@PX@/$PROXY_PORT/g" -e "s/@SL@/$SLUICE_PORT/g" -e "s/@SM@/$SLUICE_METRICS_PORT/g"
 }
 
 # start_nginx NAME CONF CPU  -> sets STARTED_PID
 start_nginx() {
     local name=$1 conf=$2 cpu=$3 prefix=$TMP/$1
     mkdir -p "$prefix/logs"
-    render_nginx_conf "$conf" >"$prefix/nginx.conf"
+    render_ports "$conf" >"$prefix/nginx.conf"
     nginx -t -q -c "$prefix/nginx.conf" -p "$prefix/" -e "$prefix/logs/error.log" >"$prefix/logs/test.log" 2>&1 ||
         die "nginx config for $name is invalid: $(cat "$prefix/logs/test.log")"
     taskset -c "$cpu" nginx -c "$prefix/nginx.conf" -p "$prefix/" -e "$prefix/logs/error.log" -g 'daemon off;' \
@@ -215,11 +414,16 @@ start_nginx() {
     STARTED_LOG=$prefix/logs/error.log
 }
 
-# start_sluice [TARGET]: sluice-pii adds the [pii] section.
+# start_sluice TARGET: sluice-pii adds the [pii] section; sluice-all and
+# sluice-all-hit run loadtest/sluice-all-policies.toml (fresh audit dir).
 start_sluice() {
-    local target=${1:-sluice} dir=$TMP/${1:-sluice}
+    local target=$1 dir=$TMP/$1
+    rm -rf "$dir"
     mkdir -p "$dir"
-    cat >"$dir/sluice.toml" <<EOF
+    if [[ $target == sluice-all* ]]; then
+        render_ports "$POLICIES_TOML" >"$dir/sluice.toml"
+    else
+        cat >"$dir/sluice.toml" <<EOF
 [server]
 listen = "127.0.0.1:$SLUICE_PORT"
 workers = 1
@@ -235,6 +439,7 @@ max_connections = 256
 name = "bench-model"
 targets = [{ upstream = "bench" }]
 EOF
+    fi
     if [[ $target == sluice-pii ]]; then
         cat >>"$dir/sluice.toml" <<EOF
 [pii]
@@ -251,9 +456,38 @@ EOF
     STARTED_LOG=$dir/sluice.log
 }
 
-# wait_ready NAME URL PID LOG
+# LiteLLM proxy, one uvicorn process, no master key, no database, no access
+# log (loadtest/peers/litellm.yaml and litellm-log.json).
+start_litellm() {
+    local dir=$TMP/litellm
+    mkdir -p "$dir"
+    render_ports "$LITELLM_YAML" >"$dir/litellm.yaml"
+    (
+        cd "$dir"
+        LITELLM_LOCAL_MODEL_COST_MAP=True exec taskset -c "$PROXY_CPU" "${LITELLM_CMD[@]}" --config "$dir/litellm.yaml" \
+            --host 127.0.0.1 --port "$LITELLM_PORT" --num_workers 1 --log_config "$LITELLM_LOG_CONFIG"
+    ) >"$dir/litellm.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_LOG=$dir/litellm.log
+}
+
+# Portkey gateway on Node.js, one process, `--headless` (no log UI).
+start_portkey() {
+    local dir=$TMP/portkey
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        exec taskset -c "$PROXY_CPU" "$NODE_BIN" "$PORTKEY_DIR/$PORTKEY_SCRIPT_REL" --port="$PORTKEY_PORT" --headless
+    ) >"$dir/portkey.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_LOG=$dir/portkey.log
+}
+
+# wait_ready NAME URL PID LOG [TIMEOUT]
 wait_ready() {
-    local name=$1 url=$2 pid=$3 logf=$4 deadline=$((SECONDS + READY_TIMEOUT)) code
+    local name=$1 url=$2 pid=$3 logf=$4 deadline=$((SECONDS + ${5:-$READY_TIMEOUT})) code
     while :; do
         if ! is_running "$pid"; then
             local rc=0
@@ -264,40 +498,117 @@ $(tail -n 20 "$logf" 2>/dev/null || true)$([[ -s $logf ]] || echo '  (log is emp
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || true
         [[ $code == 200 ]] && return 0
         if ((SECONDS >= deadline)); then
-            die "$name not ready after ${READY_TIMEOUT}s (GET $url -> ${code:-no answer}); last lines of $logf:
+            die "$name not ready after ${5:-$READY_TIMEOUT}s (GET $url -> ${code:-no answer}); last lines of $logf:
 $(tail -n 20 "$logf" 2>/dev/null)"
         fi
-        sleep 0.1
+        sleep 0.2
     done
 }
 
-# One real request before loading a target: it must answer 200.
-sanity_check() {
-    local name=$1 base=$2 code out=$TMP/sanity-$1.json
-    code=$(curl -s -o "$out" -w '%{http_code}' --max-time 5 -X POST \
-        -H 'Content-Type: application/json' -H "$AUTH_HEADER" \
-        --data-binary "$BODY" "$base$REQ_PATH") || true
-    [[ $code == 200 ]] || die "$name: POST $base$REQ_PATH answered ${code:-nothing} (expected 200): $(head -c 300 "$out" 2>/dev/null)"
-    grep -q 'Hello from the fixed upstream.' "$out" ||
-        log "WARNING: $name answered 200 but without the upstream's content: $(head -c 300 "$out")"
+# curl -H arguments for a target's extra headers.
+hdr_args() {
+    local h
+    HDR_ARGS=()
+    while IFS= read -r h; do
+        [[ -z $h ]] || HDR_ARGS+=(-H "$h")
+    done <<<"${T_HDRS[$1]}"
 }
 
-# sluice+pii must have found the body's email (the upstream cannot tell).
-pii_check() {
-    local m
-    m=$(curl -s --max-time 2 "http://127.0.0.1:$SLUICE_METRICS_PORT/metrics") || true
+# One real request before loading a target: it must answer 200 with the
+# upstream's content (so a proxy that answers by itself cannot pass).
+sanity_check() {
+    local t=$1 code out=$TMP/sanity-$1.json
+    hdr_args "$t"
+    code=$(curl -s -o "$out" -w '%{http_code}' --max-time 30 -X POST \
+        -H 'Content-Type: application/json' -H "$AUTH_HEADER" "${HDR_ARGS[@]}" \
+        --data-binary "${T_BODY[$t]}" "${T_BASE[$t]}$REQ_PATH") || true
+    [[ $code == 200 ]] ||
+        die "${LABEL[$t]}: POST ${T_BASE[$t]}$REQ_PATH answered ${code:-nothing} (expected 200): $(head -c 300 "$out" 2>/dev/null)"
+    grep -q "$UPSTREAM_TEXT" "$out" ||
+        die "${LABEL[$t]} answered 200 but without the upstream's content ('$UPSTREAM_TEXT'): it did not proxy to the upstream: $(head -c 300 "$out")"
+}
+
+metrics_text() { curl -s --max-time 2 "http://127.0.0.1:$SLUICE_METRICS_PORT/metrics" || true; }
+# metric_sum TEXT PREFIX -> sum of the values of the samples whose line starts with PREFIX
+metric_sum() { awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%.0f", s }' <<<"$1"; }
+
+# sluice+pii and sluice (all policies) must have found the body's email (the
+# upstream cannot tell); all policies: also the cache step, the audit log and
+# the cost accounting must have run on the request.
+policy_check() {
+    local t=$1 m want
+    m=$(metrics_text)
     grep -q '^sluice_pii_findings_total{.*entity="email"' <<<"$m" ||
-        die "sluice+pii answered, but sluice_pii_findings_total has no email finding: is the [pii] section applied?"
+        die "${LABEL[$t]} answered, but sluice_pii_findings_total has no email finding: is the [pii] section applied?"
+    [[ $t == sluice-all* ]] || return 0
+    want=bypass
+    [[ $t != sluice-all-hit ]] || want=hit
+    (($(metric_sum "$m" "sluice_cache_requests_total{result=\"$want\"}") >= 1)) ||
+        die "${LABEL[$t]}: no cache $want in sluice_cache_requests_total: is [cache] applied?"
+    (($(metric_sum "$m" sluice_audit_records_total) >= 1)) ||
+        die "${LABEL[$t]}: sluice_audit_records_total is 0: is [audit] applied?"
+    grep -q '^sluice_cost_total{team="bench"' <<<"$m" ||
+        die "${LABEL[$t]}: no sluice_cost_total for team bench: are the key, team and price applied?"
+}
+
+# What the policies did during a measured run of sluice (all policies), from
+# its /metrics just before it is stopped (warm-up and sanity requests included).
+declare -A POLICY_COUNTS=()
+policy_counters() {
+    local t=$1 round=$2 m ok all
+    m=$(metrics_text)
+    ok=$(metric_sum "$m" 'sluice_requests_total{model="bench-model",status="200"}')
+    all=$(metric_sum "$m" 'sluice_requests_total{')
+    POLICY_COUNTS[$t:$round]="answers 200: $ok, other statuses: $((all - ok))"
+    POLICY_COUNTS[$t:$round]+="; email masked: $(metric_sum "$m" 'sluice_pii_findings_total{entity="email"')"
+    POLICY_COUNTS[$t:$round]+="; cache hit/miss/bypass: $(metric_sum "$m" 'sluice_cache_requests_total{result="hit"}')"
+    POLICY_COUNTS[$t:$round]+="/$(metric_sum "$m" 'sluice_cache_requests_total{result="miss"}')"
+    POLICY_COUNTS[$t:$round]+="/$(metric_sum "$m" 'sluice_cache_requests_total{result="bypass"}')"
+    POLICY_COUNTS[$t:$round]+="; audit records: $(metric_sum "$m" 'sluice_audit_records_total')"
+    POLICY_COUNTS[$t:$round]+=" (lost $(metric_sum "$m" 'sluice_audit_records_lost_total')"
+    POLICY_COUNTS[$t:$round]+=", write errors $(metric_sum "$m" 'sluice_audit_write_errors_total'))"
+    POLICY_COUNTS[$t:$round]+="; limit/budget refusals: $(metric_sum "$m" 'sluice_limit_refusals_total{')"
+    POLICY_COUNTS[$t:$round]+="; auth failures: $(metric_sum "$m" 'sluice_auth_failures_total{')"
+    POLICY_COUNTS[$t:$round]+="; safety findings: $(metric_sum "$m" 'sluice_safety_findings_total{')"
+}
+
+# start_target TARGET -> TARGET_PID ("" for direct): started and ready.
+start_target() {
+    local t=$1
+    TARGET_PID=""
+    case $t in
+    direct) return 0 ;;
+    nginx-proxy) start_nginx proxy "$SCRIPT_DIR/nginx-proxy.conf" "$PROXY_CPU" ;;
+    sluice*) start_sluice "$t" ;;
+    litellm) start_litellm ;;
+    portkey) start_portkey ;;
+    esac
+    TARGET_PID=$STARTED_PID
+    wait_ready "${LABEL[$t]}" "${T_HEALTH[$t]}" "$TARGET_PID" "$STARTED_LOG" "${T_READY[$t]}"
+}
+
+stop_target() {
+    local t=$1
+    [[ -z $TARGET_PID ]] || stop_pid "$TARGET_PID"
+    TARGET_PID=""
+    # the audit log of a run can be hundreds of MB
+    [[ $t != sluice-all* ]] || rm -rf "${TMP:?}/$t"
 }
 
 # ------------------------------------------------------------ load (wrk) ----
-LUA=$TMP/post.lua
-cat >"$LUA" <<EOF
-wrk.method = "POST"
-wrk.body = [[$BODY]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
-EOF
+# One Lua script per target: method, body, headers.
+lua_file() { echo "$TMP/post-$1.lua"; }
+for t in "${TARGETS[@]}"; do
+    {
+        echo 'wrk.method = "POST"'
+        echo "wrk.body = [[${T_BODY[$t]}]]"
+        echo 'wrk.headers["Content-Type"] = "application/json"'
+        echo "wrk.headers[\"Authorization\"] = \"${AUTH_HEADER#Authorization: }\""
+        while IFS= read -r h; do
+            [[ -z $h ]] || echo "wrk.headers[\"${h%%: *}\"] = \"${h#*: }\""
+        done <<<"${T_HDRS[$t]}"
+    } >"$(lua_file "$t")"
+done
 
 # Run the load generator on LOADGEN_CPU in the background (so that a signal
 # to this script can stop it too) and wait for it.
@@ -339,20 +650,22 @@ parse_wrk() {
 declare -A R_RPS R_P50 R_P99 R_NON2XX R_SOCKERR R_CPUUS R_CPU0 R_CPU1
 RAW_OUTPUTS=()
 
-# measure TARGET ROUND BASE_URL [PROXY_PID]
+# measure TARGET ROUND [PROXY_PID]
 measure() {
-    local target=$1 round=$2 base=$3 ppid=${4:-} key="$1:$2" out
+    local target=$1 round=$2 ppid=${3:-} key="$1:$2" out base=${T_BASE[$1]} lua
+    local conns=${T_CONNS[$1]} dur=${T_DUR[$1]} warm=${T_WARMUP[$1]} tmo=${T_TIMEOUT[$1]}
     out=$TMP/wrk-$target-$round.txt
-    if [[ $WARMUP != 0 ]]; then
-        run_loadgen "$TMP/warmup.txt" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$LUA" "$base$REQ_PATH" ||
+    lua=$(lua_file "$target")
+    if [[ $warm != 0 ]]; then
+        run_loadgen "$TMP/warmup.txt" wrk -t"$THREADS" -c"$conns" -d"$warm" --timeout "$tmo" -s "$lua" "$base$REQ_PATH" ||
             log "WARNING: warm-up against $target failed: $(tail -n 3 "$TMP/warmup.txt")"
     fi
     local t0=0 t1=0 c0a c0b c1a c1b
     [[ -n $ppid ]] && t0=$(cpu_ticks "$ppid")
     c0a=$(cpu_jiffies "$LOADGEN_CPU")
     c1a=$(cpu_jiffies "$PROXY_CPU")
-    log "round $round: $target ($DURATION, $CONNECTIONS connections)"
-    run_loadgen "$out" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$LUA" "$base$REQ_PATH" ||
+    log "round $round: $target ($dur, $conns connections)"
+    run_loadgen "$out" wrk -t"$THREADS" -c"$conns" -d"$dur" --timeout "$tmo" --latency -s "$lua" "$base$REQ_PATH" ||
         log "WARNING: wrk against $target exited with an error: $(tail -n 3 "$out")"
     c0b=$(cpu_jiffies "$LOADGEN_CPU")
     c1b=$(cpu_jiffies "$PROXY_CPU")
@@ -369,15 +682,17 @@ measure() {
     R_CPU1[$key]=$(busy_pct "$c1a" "$c1b")
     if [[ -n $ppid ]]; then
         # proxy CPU microseconds per request = ticks * 1e6 / CLK_TCK / requests
-        R_CPUUS[$key]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v rps="$rps" -v d="$DURATION" 'BEGIN {
-            s = d; m = 1; if (s ~ /m$/) m = 60; if (s ~ /h$/) m = 3600; sub(/[smh]$/, "", s)
-            n = rps * s * m; if (n > 0 && rps > 0) printf "%.1f", t * 1000000 / hz / n; else print "n/a" }')
+        R_CPUUS[$key]=$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v rps="$rps" -v s="$(dur_s "$dur")" 'BEGIN {
+            n = rps * s; if (n > 0 && rps > 0) printf "%.1f", t * 1000000 / hz / n; else print "n/a" }')
     else
         R_CPUUS[$key]="-"
     fi
     RAW_OUTPUTS+=("$target (round $round)|$out")
     if [[ $rps == -1 ]]; then
         log "WARNING: no requests/s in wrk's output for $target: $(tail -n 5 "$out")"
+    fi
+    if ((non2xx + sockerr > 0)); then
+        log "WARNING: $target, round $round: $non2xx non-2xx/3xx responses, $sockerr socket errors"
     fi
 }
 
@@ -403,6 +718,17 @@ fmt_int() { # 12345.6 -> 12,346 ; -1 -> n/a
         print (x < 0 ? "-" : "") s o }'
 }
 fmt_us() { [[ $1 == -1 ]] && echo "n/a" || echo "$(fmt_int "$1") us"; }
+# ratio A B -> "1.12x" (3 decimals below 0.1, so that the peers do not read 0.00x)
+fmt_ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) { r = a / b; printf (r < 0.1 ? "%.3fx" : "%.2fx"), r } else print "n/a" }'
+}
+# Load of a target in words when it differs from the default (the peers).
+load_note() {
+    local t=$1 n=""
+    [[ ${T_CONNS[$t]} == "$CONNECTIONS" ]] || n+="${T_CONNS[$t]} connections"
+    [[ ${T_DUR[$t]} == "$DURATION" ]] || n+="${n:+, }${T_DUR[$t]}"
+    [[ -z $n ]] || echo " ($n)"
+}
 
 # ------------------------------------------------- fixed rate (oha) ----
 # Prints: rps p50_us p99_us non2xx errors success_pct (missing values as -1).
@@ -427,18 +753,19 @@ parse_oha() {
 declare -A H_RPS H_P50 H_P99 H_NON2XX H_ERR H_OK H_CPU0 H_CPU1
 HALF_RAW=()
 
-# measure_fixed TARGET ROUND BASE_URL RATE
+# measure_fixed TARGET ROUND RATE
 measure_fixed() {
-    local target=$1 round=$2 base=$3 rate=$4 key="$1:$2" out=$TMP/oha-$1-$2.txt c0a c0b c1a c1b
+    local target=$1 round=$2 rate=$3 key="$1:$2" out=$TMP/oha-$1-$2.txt c0a c0b c1a c1b base=${T_BASE[$1]}
     if [[ $WARMUP != 0 ]]; then
-        run_loadgen "$TMP/warmup.txt" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$LUA" "$base$REQ_PATH" || true
+        run_loadgen "$TMP/warmup.txt" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$(lua_file "$target")" "$base$REQ_PATH" || true
     fi
     log "fixed rate, round $round: $target at $rate req/s ($DURATION, $CONNECTIONS connections, oha)"
     c0a=$(cpu_jiffies "$LOADGEN_CPU")
     c1a=$(cpu_jiffies "$PROXY_CPU")
+    hdr_args "$target"
     run_loadgen "$out" "$OHA_BIN" -z "$DURATION" -c "$CONNECTIONS" -q "$rate" --latency-correction \
-        --no-tui --worker-threads 1 -u us -m POST -T application/json -H "$AUTH_HEADER" -d "$BODY" \
-        "$base$REQ_PATH" || log "WARNING: oha against $target exited with an error: $(tail -n 3 "$out")"
+        --no-tui --worker-threads 1 -u us -m POST -T application/json -H "$AUTH_HEADER" "${HDR_ARGS[@]}" \
+        -d "${T_BODY[$target]}" "$base$REQ_PATH" || log "WARNING: oha against $target exited with an error: $(tail -n 3 "$out")"
     c0b=$(cpu_jiffies "$LOADGEN_CPU")
     c1b=$(cpu_jiffies "$PROXY_CPU")
     read -r "H_RPS[$key]" "H_P50[$key]" "H_P99[$key]" "H_NON2XX[$key]" "H_ERR[$key]" "H_OK[$key]" \
@@ -450,8 +777,10 @@ measure_fixed() {
 }
 
 run_latency_at_half() {
-    local base_target=sluice rate t r k oha_ver
+    local base_target=sluice rate t r k oha_ver half_targets=()
     [[ $SKIP_SLUICE == 1 ]] && base_target=nginx-proxy
+    # The peers cannot sustain half of sluice's peak: they are left out.
+    for t in "${TARGETS[@]}"; do is_peer "$t" || half_targets+=("$t"); done
     rate=$(awk -v r="${M_RPS[$base_target]}" 'BEGIN { printf "%d", (r > 0 ? r / 2 : 0) }')
     if ((rate < 1)); then
         HALF_SECTION=$'\n'"Fixed-rate latency (LATENCY_AT_HALF=1) skipped: no peak measured for ${LABEL[$base_target]}."$'\n'
@@ -461,26 +790,10 @@ run_latency_at_half() {
     oha_ver=$("$OHA_BIN" --version 2>/dev/null | awk '{ print $2 }')
     log "LATENCY_AT_HALF=1: half of ${LABEL[$base_target]}'s peak = $rate req/s (oha $oha_ver)"
     for ((r = 1; r <= RUNS; r++)); do
-        for t in "${TARGETS[@]}"; do
-            case $t in
-            direct)
-                measure_fixed direct "$r" "http://127.0.0.1:$UPSTREAM_PORT" "$rate"
-                ;;
-            nginx-proxy)
-                start_nginx proxy "$SCRIPT_DIR/nginx-proxy.conf" "$PROXY_CPU"
-                pid=$STARTED_PID
-                wait_ready "nginx proxy" "http://127.0.0.1:$PROXY_PORT/health" "$pid" "$STARTED_LOG"
-                measure_fixed nginx-proxy "$r" "http://127.0.0.1:$PROXY_PORT" "$rate"
-                stop_pid "$pid"
-                ;;
-            sluice | sluice-pii)
-                start_sluice "$t"
-                pid=$STARTED_PID
-                wait_ready "${LABEL[$t]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-                measure_fixed "$t" "$r" "http://127.0.0.1:$SLUICE_PORT" "$rate"
-                stop_pid "$pid"
-                ;;
-            esac
+        for t in "${half_targets[@]}"; do
+            start_target "$t"
+            measure_fixed "$t" "$r" "$rate"
+            stop_target "$t"
         done
     done
     local sec added flag d rps p50 p99 p99d bad
@@ -488,10 +801,12 @@ run_latency_at_half() {
     sec=$'\n'"## Latency at a fixed rate: $(fmt_int "$rate") req/s (half of ${LABEL[$base_target]}'s peak)"$'\n\n'
     sec+="oha $oha_ver, \`-q $rate --latency-correction\` (latency counted from when each request was due, so queueing is not hidden), $CONNECTIONS connections, $DURATION per target, on CPU $LOADGEN_CPU"
     ((RUNS > 1)) && sec+="; medians over $RUNS rounds"
-    sec+="."$'\n\n'
+    sec+="."
+    [[ $HAVE_LITELLM != 1 && $HAVE_PORTKEY != 1 ]] || sec+=" The peers are left out: this rate is far above their peak."
+    sec+=$'\n\n'
     sec+="| target | asked req/s | achieved req/s | p50 | p99 | added p99 vs direct |"$'\n'
     sec+="|---|---:|---:|---:|---:|---:|"$'\n'
-    for t in "${TARGETS[@]}"; do
+    for t in "${half_targets[@]}"; do
         rps=$(values H_RPS "$t" | median)
         p50=$(values H_P50 "$t" | median)
         p99=$(values H_P99 "$t" | median)
@@ -513,7 +828,7 @@ run_latency_at_half() {
     done
     bad=""
     for ((r = 1; r <= RUNS; r++)); do
-        for t in "${TARGETS[@]}"; do
+        for t in "${half_targets[@]}"; do
             k=$t:$r
             if ((${H_NON2XX[$k]} + ${H_ERR[$k]} > 0)); then
                 bad+="(!) ${LABEL[$t]}, round $r: ${H_NON2XX[$k]} non-2xx responses and ${H_ERR[$k]} errors (success rate ${H_OK[$k]}%)."$'\n'
@@ -533,7 +848,7 @@ run_latency_at_half() {
     sec+="| target | round | achieved req/s | p50 | p99 | CPU $LOADGEN_CPU busy | CPU $PROXY_CPU busy |"$'\n'
     sec+="|---|---:|---:|---:|---:|---:|---:|"$'\n'
     for ((r = 1; r <= RUNS; r++)); do
-        for t in "${TARGETS[@]}"; do
+        for t in "${half_targets[@]}"; do
             k=$t:$r
             sec+="| ${LABEL[$t]} | $r | $(fmt_int "${H_RPS[$k]}") | $(fmt_us "${H_P50[$k]}") | $(fmt_us "${H_P99[$k]}") | ${H_CPU0[$k]}% | ${H_CPU1[$k]}% |"$'\n'
         done
@@ -542,12 +857,8 @@ run_latency_at_half() {
 }
 
 # ----------------------------------------------------------------- run ----
-TARGETS=(direct nginx-proxy)
-[[ $SKIP_SLUICE == 1 ]] || TARGETS+=(sluice)
-[[ $SKIP_SLUICE == 1 || $SKIP_PII == 1 ]] || TARGETS+=(sluice-pii)
-declare -A LABEL=([direct]="direct (upstream)" [nginx-proxy]="nginx proxy" [sluice]="sluice" [sluice-pii]="sluice+pii")
-
 log "temp dir $TMP"
+log "targets: ${TARGETS[*]}"
 # Is the machine quiet? Other load on either core skews every figure.
 IDLE_NOTE=""
 q0a=$(cpu_jiffies "$LOADGEN_CPU"); q1a=$(cpu_jiffies "$PROXY_CPU")
@@ -560,54 +871,30 @@ fi
 start_nginx upstream "$SCRIPT_DIR/nginx-upstream.conf" "$LOADGEN_CPU"
 UPSTREAM_PID=$STARTED_PID
 wait_ready "upstream nginx" "http://127.0.0.1:$UPSTREAM_PORT/health" "$UPSTREAM_PID" "$STARTED_LOG"
-sanity_check direct "http://127.0.0.1:$UPSTREAM_PORT"
+sanity_check direct
 
-# Preflight: every proxy must start, get ready and answer one POST before
-# anything is measured, so that a broken build fails in seconds.
+# Preflight: every proxy must start, get ready and answer one POST with the
+# upstream's content before anything is measured, so that a broken build or
+# a peer that does not proxy fails in seconds (LiteLLM needs ~15 s to start).
 for target in "${TARGETS[@]}"; do
-    case $target in
-    nginx-proxy)
-        start_nginx proxy "$SCRIPT_DIR/nginx-proxy.conf" "$PROXY_CPU"
-        pid=$STARTED_PID
-        wait_ready "nginx proxy" "http://127.0.0.1:$PROXY_PORT/health" "$pid" "$STARTED_LOG"
-        sanity_check nginx-proxy "http://127.0.0.1:$PROXY_PORT"
-        stop_pid "$pid"
-        ;;
-    sluice | sluice-pii)
-        start_sluice "$target"
-        pid=$STARTED_PID
-        wait_ready "${LABEL[$target]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-        sanity_check "$target" "http://127.0.0.1:$SLUICE_PORT"
-        [[ $target != sluice-pii ]] || pii_check
-        stop_pid "$pid"
-        ;;
-    esac
+    [[ $target != direct ]] || continue
+    log "preflight: ${LABEL[$target]}"
+    start_target "$target"
+    sanity_check "$target"
+    # the cache-hit row: the second request must be a hit
+    [[ $target != sluice-all-hit ]] || sanity_check "$target"
+    [[ $target != sluice-pii && $target != sluice-all* ]] || policy_check "$target"
+    stop_target "$target"
 done
 log "preflight ok: ${TARGETS[*]}"
 
 for ((round = 1; round <= RUNS; round++)); do
     for target in "${TARGETS[@]}"; do
-        case $target in
-        direct)
-            measure direct "$round" "http://127.0.0.1:$UPSTREAM_PORT"
-            ;;
-        nginx-proxy)
-            start_nginx proxy "$SCRIPT_DIR/nginx-proxy.conf" "$PROXY_CPU"
-            pid=$STARTED_PID
-            wait_ready "nginx proxy" "http://127.0.0.1:$PROXY_PORT/health" "$pid" "$STARTED_LOG"
-            sanity_check nginx-proxy "http://127.0.0.1:$PROXY_PORT"
-            measure nginx-proxy "$round" "http://127.0.0.1:$PROXY_PORT" "$pid"
-            stop_pid "$pid"
-            ;;
-        sluice | sluice-pii)
-            start_sluice "$target"
-            pid=$STARTED_PID
-            wait_ready "${LABEL[$target]}" "http://127.0.0.1:$SLUICE_PORT/health" "$pid" "$STARTED_LOG"
-            sanity_check "$target" "http://127.0.0.1:$SLUICE_PORT"
-            measure "$target" "$round" "http://127.0.0.1:$SLUICE_PORT" "$pid"
-            stop_pid "$pid"
-            ;;
-        esac
+        start_target "$target"
+        sanity_check "$target"
+        measure "$target" "$round" "$TARGET_PID"
+        [[ $target != sluice-all* ]] || policy_counters "$target" "$round"
+        stop_target "$target"
     done
 done
 
@@ -633,6 +920,7 @@ fi
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 [[ -n $CPU_MODEL ]] || CPU_MODEL=$(awk -F': *' '/^(Hardware|cpu model|Model)/ { print $2; exit }' /proc/cpuinfo)
+MEM_GIB=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
 # shellcheck source=/dev/null
 OS_NAME=$( (. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") || echo unknown)
 NGINX_VER=$( (nginx -v 2>&1 || true) | sed 's/^nginx version: //')
@@ -651,18 +939,35 @@ REPORT=$TMP/report.md
     echo "# sluice load comparison, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "- Machine: $NPROC CPUs (nproc), $CPU_MODEL, kernel $(uname -r), $OS_NAME"
-    echo "- Rig: upstream nginx (1 worker) and wrk on CPU $LOADGEN_CPU; the proxy under test alone on CPU $PROXY_CPU; each proxy started, measured and stopped alone"
+    echo "- Machine: $NPROC CPUs (nproc), $CPU_MODEL, ${MEM_GIB} GiB RAM, kernel $(uname -r), $OS_NAME"
+    echo "- Rig: upstream nginx (1 worker) and wrk on CPU $LOADGEN_CPU; the proxy under test alone on CPU $PROXY_CPU (one worker/process); each proxy started, measured and stopped alone"
     echo "- Load: wrk $WRK_VER, $THREADS thread(s), $CONNECTIONS connections, $DURATION per measurement ($([[ $WARMUP == 0 ]] && echo "no warm-up" || echo "after a $WARMUP warm-up")), $RUNS round(s) ($mode); \`POST $REQ_PATH\`, ${#BODY}-byte JSON body, \`$AUTH_HEADER\`; answer: 283-byte JSON"
     echo "- nginx: $NGINX_VER; sluice: $SLUICE_DESC"
+    if [[ " ${TARGETS[*]} " == *" sluice-all"* ]]; then
+        echo "- sluice (all policies): \`loadtest/sluice-all-policies.toml\`: API key of a team, model allow-list, team rpm/tpm/max_concurrent, a priced monthly budget, PII mask of all 9 entities in requests and answers, prompt-injection block and a deny pattern, audit log (\`detail = \"redacted\"\`, \`fsync = \"batch\"\`, 50 ms), exact cache (requests without \`temperature\`: bypassed), none refusing"
+    fi
+    if [[ " ${TARGETS[*]} " == *" sluice-all-hit "* ]]; then
+        echo "- sluice (all policies, cache hits): the same, with \`\"temperature\":0\` in the body (${#BODY_HIT} bytes): answered from the exact cache, the upstream is not asked"
+    fi
+    if [[ $HAVE_LITELLM == 1 || $HAVE_PORTKEY == 1 ]]; then
+        pl="- Peers, same upstream, same body: wrk with $PEER_CONNECTIONS connections, $PEER_DURATION after a $PEER_WARMUP warm-up, \`--timeout $PEER_TIMEOUT\`"
+        [[ $HAVE_LITELLM != 1 ]] || pl+="; LiteLLM $LITELLM_VER (\`${LITELLM_CMD[*]} --num_workers 1\`, uvicorn, no master key/database, access log off, \`loadtest/peers/litellm.yaml\`: \`openai/bench-model\` at the upstream)"
+        [[ $HAVE_PORTKEY != 1 ]] || pl+="; Portkey gateway $PORTKEY_VER on Node.js $NODE_VER (\`$PORTKEY_DIR/$PORTKEY_SCRIPT_REL --headless\`, headers \`x-portkey-provider: openai\`, \`x-portkey-custom-host\`: the upstream)"
+        echo "$pl"
+    fi
+    if [[ $PEERS == 0 ]]; then
+        echo "- Peers: not measured (PEERS=0)"
+    elif [[ -n $PEERS_NOTE ]]; then
+        echo "- Peers: $PEERS_NOTE"
+    fi
     echo
     if [[ -n $IDLE_NOTE ]]; then echo "$IDLE_NOTE"; echo; fi
     if ((RUNS > 1)); then echo "Medians over $RUNS rounds."; echo; fi
-    echo "| target | req/s | p50 | p99 | req/s vs nginx proxy | added p99 vs direct |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 | p99 | req/s vs nginx proxy | added p99 vs direct | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for t in "${TARGETS[@]}"; do
         rps=${M_RPS[$t]} p50=${M_P50[$t]} p99=${M_P99[$t]}
-        ratio=$(awk -v a="$rps" -v b="${M_RPS[nginx-proxy]}" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }')
+        ratio=$(fmt_ratio "$rps" "${M_RPS[nginx-proxy]}")
         if [[ $t == direct ]]; then
             added="-"
         elif [[ $p99 == -1 || ${M_P99[direct]} == -1 ]]; then
@@ -675,21 +980,29 @@ REPORT=$TMP/report.md
         errs=0
         for ((r = 1; r <= RUNS; r++)); do errs=$((errs + ${R_NON2XX[$t:$r]:-0} + ${R_SOCKERR[$t:$r]:-0})); done
         ((errs == 0)) || flag=" (!)"
-        echo "| ${LABEL[$t]}$flag | $(fmt_int "$rps") | $(fmt_us "$p50") | $(fmt_us "$p99") | $ratio | $added |"
+        [[ $rps != -1 ]] || flag=" (!)"
+        echo "| ${LABEL[$t]}$(load_note "$t")$flag | $(fmt_int "$rps") | $(fmt_us "$p50") | $(fmt_us "$p99") | $ratio | $added | $(fmt_int "$errs") |"
     done
     echo
-    if [[ -n ${M_RPS[sluice-pii]:-} ]]; then
-        awk -v a="${M_RPS[sluice-pii]}" -v b="${M_RPS[sluice]}" 'BEGIN {
-            if (a > 0 && b > 0) printf "sluice+pii keeps %.1f%% of sluice'"'"'s own req/s (goal: at least 90%%; %s).\n", 100 * a / b, (a >= 0.9 * b ? "met" : "NOT met")
-            else print "sluice+pii vs sluice: n/a (a run measured nothing)."
+    for t in sluice-pii sluice-all; do
+        [[ -n ${M_RPS[$t]:-} ]] || continue
+        awk -v a="${M_RPS[$t]}" -v b="${M_RPS[sluice]}" -v n="${LABEL[$t]}" -v goal="$([[ $t == sluice-pii ]] && echo 90)" 'BEGIN {
+            if (a > 0 && b > 0) {
+                printf "%s keeps %.1f%% of sluice'"'"'s own req/s", n, 100 * a / b
+                if (goal != "") printf " (goal: at least %d%%; %s)", goal, (a >= goal / 100 * b ? "met" : "NOT met")
+                print "."
+            } else print n " vs sluice: n/a (a run measured nothing)."
         }'
-        echo
-    fi
+    done
+    [[ -z ${M_RPS[sluice-pii]:-}${M_RPS[sluice-all]:-} ]] || echo
     for t in "${TARGETS[@]}"; do
         for ((r = 1; r <= RUNS; r++)); do
             k=$t:$r
             if ((${R_NON2XX[$k]:-0} + ${R_SOCKERR[$k]:-0} > 0)); then
-                echo "(!) ${LABEL[$t]}, round $r: ${R_NON2XX[$k]} non-2xx/3xx responses and ${R_SOCKERR[$k]} socket errors; its req/s counts them."
+                echo "(!) ${LABEL[$t]}, round $r: ${R_NON2XX[$k]} non-2xx/3xx responses and ${R_SOCKERR[$k]} socket errors (timeouts included); its req/s counts the non-2xx, its latencies leave the timeouts out."
+            fi
+            if [[ ${R_RPS[$k]:--1} == -1 ]]; then
+                echo "(!) ${LABEL[$t]}, round $r: wrk reported no requests/s (see the raw output)."
             fi
         done
     done
@@ -698,15 +1011,25 @@ REPORT=$TMP/report.md
             echo "(!) CPU $PROXY_CPU was ${R_CPU1[direct:$r]}% busy during the direct run of round $r, when nothing of the rig runs there: other load on the machine skews these figures."
         fi
     done
+    if ((${#POLICY_COUNTS[@]} > 0)); then
+        echo
+        echo "What the policies did (sluice's /metrics at the end of each measured run, warm-up and sanity request included):"
+        echo
+        for t in sluice-all sluice-all-hit; do
+            for ((r = 1; r <= RUNS; r++)); do
+                [[ -z ${POLICY_COUNTS[$t:$r]:-} ]] || echo "- ${LABEL[$t]}, round $r: ${POLICY_COUNTS[$t:$r]}"
+            done
+        done
+    fi
     echo
     echo "Per round (proxy CPU us/req = CPU time of the proxy process(es) / requests; CPU busy = share of each core in use during the run):"
     echo
-    echo "| target | round | req/s | p50 | p99 | non-2xx | socket errors | proxy CPU us/req | CPU $LOADGEN_CPU busy | CPU $PROXY_CPU busy |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | round | connections | req/s | p50 | p99 | non-2xx | socket errors | proxy CPU us/req | CPU $LOADGEN_CPU busy | CPU $PROXY_CPU busy |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for ((r = 1; r <= RUNS; r++)); do
         for t in "${TARGETS[@]}"; do
             k=$t:$r
-            echo "| ${LABEL[$t]} | $r | $(fmt_int "${R_RPS[$k]}") | $(fmt_us "${R_P50[$k]}") | $(fmt_us "${R_P99[$k]}") | ${R_NON2XX[$k]} | ${R_SOCKERR[$k]} | ${R_CPUUS[$k]} | ${R_CPU0[$k]}% | ${R_CPU1[$k]}% |"
+            echo "| ${LABEL[$t]} | $r | ${T_CONNS[$t]} | $(fmt_int "${R_RPS[$k]}") | $(fmt_us "${R_P50[$k]}") | $(fmt_us "${R_P99[$k]}") | ${R_NON2XX[$k]} | ${R_SOCKERR[$k]} | ${R_CPUUS[$k]} | ${R_CPU0[$k]}% | ${R_CPU1[$k]}% |"
         done
     done
     printf '%s' "$HALF_SECTION"
