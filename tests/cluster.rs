@@ -222,12 +222,10 @@ fn two_nodes_share_one_budget_under_concurrent_load() {
         .filter(|(_, r)| r.0 == 429 && r.1.as_deref() == Some("insufficient_quota"))
         .count();
     assert_eq!(ok + refused, 160, "{results:?}");
-    for node in 0..2 {
-        assert!(
-            results.iter().any(|(n, r)| *n == node && r.0 == 200),
-            "node {node} answered nothing: {results:?}"
-        );
-    }
+    // Which node wins the burst is a race (on a loaded machine one node can
+    // lease all of it before the other's first lease arrives); what must
+    // hold is the total, checked below against Redis and the budget.
+    assert!(ok > 0, "{results:?}");
     wait_until("both nodes settled every answer", POLL_TIMEOUT, || {
         ((spend(&a) + spend(&b)) - ok as f64 * cost_of_one()).abs() < 1e-6
     });
