@@ -9,7 +9,7 @@
 use super::json::{self, Scalar, Seg};
 use super::metrics::{Direction, GuardMetrics};
 use super::request::Pseudonyms;
-use super::scanner::{Finding, Hits, Scanner};
+use super::scanner::{Finding, Hits, Scanner, Scope};
 use super::stream::{apply, restore, Mask, Replace, Restore, TextStream};
 use super::{Guard, GuardWorker, Policy};
 use crate::api::GatewayError;
@@ -103,8 +103,19 @@ impl GuardFilter {
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
         let mut findings = Vec::new();
-        self.scanner
-            .findings(scratch, text, &mut self.hits, &mut findings);
+        // Entities only when they are masked or counted; no injection
+        // check on answers.
+        let scope = Scope {
+            entities: self.scan,
+            deny: self.deny,
+            injection: false,
+        };
+        if scope.entities || scope.deny {
+            self.scanner
+                .findings_in(scope, scratch, text, &mut self.hits, &mut findings);
+        } else {
+            self.hits.clear();
+        }
         if self.deny && self.hits.deny {
             self.metrics.safety("deny_pattern", "block");
             return Err(deny_error());
