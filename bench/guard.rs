@@ -256,5 +256,70 @@ fn bench_request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_scanner, bench_request);
+/// The request and answer of `loadtest/compare.sh` (229 bytes, one email;
+/// a 283-byte completion): what one small chat request costs the guard,
+/// request side and answer side, with compare.sh's `[pii]` section (mask,
+/// every entity, `scan_responses`, no `[safety]`).
+fn bench_small(c: &mut Criterion) {
+    const SMALL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+
+[[models]]
+name = "bench-model"
+targets = [{ upstream = "a" }]
+
+[pii]
+default_policy = "all"
+
+[pii.policies.all]
+action = "mask"
+entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
+scan_responses = true
+"#;
+    const BODY: &[u8] = br#"{"model":"bench-model","messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}"#;
+    const ANSWER: &[u8] = br#"{"id":"chatcmpl-nginx","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
+    let cfg = parse_str(SMALL, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, SMALL).expect("snapshot");
+    let guard = snapshot.guard.as_deref().expect("guard configured");
+    let gw = GuardWorker::new(Some(guard));
+    let inspection = guard.inspect_request(&gw, None, BODY).expect("allowed");
+    let masked = String::from_utf8(inspection.body.expect("masked")).expect("utf-8");
+    assert!(masked.contains("Tell [EMAIL], briefly"), "{masked}");
+    let mut answer = ANSWER.to_vec();
+    inspection
+        .filter
+        .expect("answers are scanned")
+        .body(&mut answer)
+        .expect("answer passes");
+    assert_eq!(answer, ANSWER);
+    let mut g = c.benchmark_group("small");
+    g.bench_function("request_229B_1_finding", |b| {
+        b.iter(|| {
+            let i = guard
+                .inspect_request(&gw, None, black_box(BODY))
+                .expect("allowed");
+            black_box(i.body.map(|b| b.len()));
+            black_box(i.filter.is_some())
+        })
+    });
+    g.bench_function("request_and_answer_283B", |b| {
+        b.iter(|| {
+            let i = guard
+                .inspect_request(&gw, None, black_box(BODY))
+                .expect("allowed");
+            black_box(i.body.map(|b| b.len()));
+            let mut answer = ANSWER.to_vec();
+            i.filter.expect("filter").body(&mut answer).expect("passes");
+            black_box(answer.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_scanner, bench_request, bench_small);
 criterion_main!(benches);

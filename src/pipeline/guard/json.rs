@@ -36,24 +36,57 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// End (exclusive) of the string whose opening quote is at `i`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    string_end_escaped(b, i).map(|(end, _)| end)
+}
+
+/// End (exclusive) of the string whose opening quote is at `i`, and
+/// whether it holds an escape.
+fn string_end_escaped(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     i += 1;
+    let mut escaped = false;
     loop {
         let j = i + memchr::memchr2(b'"', b'\\', &b[i..])?;
         if b[j] == b'"' {
-            return Some(j + 1);
+            return Some((j + 1, escaped));
         }
+        escaped = true;
         i = j + 2;
     }
 }
 
 /// The text of a string literal (quotes included in `raw`), escapes decoded.
 pub fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
-    let inner = &raw[1..raw.len() - 1];
-    if memchr::memchr(b'\\', inner).is_none() {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    decode_known(raw, memchr::memchr(b'\\', raw).is_some())
+}
+
+/// `decode` when it is known whether `raw` holds an escape.
+fn decode_known(raw: &[u8], escaped: bool) -> Option<Cow<'_, str>> {
+    if !escaped {
+        return std::str::from_utf8(&raw[1..raw.len() - 1])
+            .ok()
+            .map(Cow::Borrowed);
     }
     serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// Appends `text` as a JSON string literal: the decoded text of a string
+/// the guard changed (masks and placeholders are ASCII; the rest is the
+/// client's valid UTF-8, unless a custom pattern cut a character, which
+/// becomes U+FFFD). Text that needs no escape is copied as it is, which
+/// is what `push_string` would write, without its byte-by-byte loop.
+pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
+    let plain = std::str::from_utf8(text).is_ok()
+        && memchr::memchr2(b'"', b'\\', text).is_none()
+        && !text.iter().fold(false, |ctl, &c| ctl | (c < 0x20));
+    if plain {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text);
+        out.push(b'"');
+    } else {
+        crate::api::json::push_string(out, &String::from_utf8_lossy(text));
+    }
 }
 
 /// Walks the value at `i`; `top` limits which top-level members are entered
@@ -90,8 +123,8 @@ fn value<'a>(
                 if b.get(j) != Some(&b'"') {
                     return None;
                 }
-                let key_end = string_end(b, j)?;
-                let key = decode(&b[j..key_end])?;
+                let (key_end, escaped) = string_end_escaped(b, j)?;
+                let key = decode_known(&b[j..key_end], escaped)?;
                 j = skip_ws(b, key_end);
                 if b.get(j) != Some(&b':') {
                     return None;
