@@ -54,6 +54,9 @@ impl DigitRuns {
     /// shared context byte.
     pub fn windows(&self, text: &[u8], mut f: impl FnMut(Range<usize>)) {
         let n = text.len();
+        if n < self.min_len {
+            return;
+        }
         let class = &self.class;
         // The window being grown, scanned when the next run is too far.
         let mut pending: Option<Range<usize>> = None;
@@ -113,7 +116,10 @@ fn digit_mask(chunk: &[u8]) -> u64 {
         _mm_sub_epi8,
     };
     if chunk.len() < 64 {
-        return digit_mask_scalar(chunk);
+        // The tail of a text (all of a short one): padded with non-digits.
+        let mut padded = [0u8; 64];
+        padded[..chunk.len()].copy_from_slice(chunk);
+        return digit_mask(&padded);
     }
     let mut mask = 0u64;
     // SAFETY: SSE2 is part of the x86_64 baseline; each load reads 16
@@ -137,6 +143,7 @@ fn digit_mask(chunk: &[u8]) -> u64 {
     digit_mask_scalar(chunk)
 }
 
+#[cfg(any(not(target_arch = "x86_64"), test))]
 fn digit_mask_scalar(chunk: &[u8]) -> u64 {
     chunk
         .iter()

@@ -73,20 +73,44 @@ fn decode_known(raw: &[u8], escaped: bool) -> Option<Cow<'_, str>> {
 /// Appends `text` as a JSON string literal: the decoded text of a string
 /// the guard changed (masks and placeholders are ASCII; the rest is the
 /// client's valid UTF-8, unless a custom pattern cut a character, which
-/// becomes U+FFFD). Text that needs no escape is copied as it is, which
-/// is what `push_string` would write, without its byte-by-byte loop.
+/// becomes U+FFFD). Writes what `crate::api::json::push_string` writes,
+/// copying the runs between escapes whole instead of byte by byte.
 pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
-    let plain = std::str::from_utf8(text).is_ok()
-        && memchr::memchr2(b'"', b'\\', text).is_none()
-        && !text.iter().fold(false, |ctl, &c| ctl | (c < 0x20));
-    if plain {
-        out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text);
-        out.push(b'"');
-    } else {
-        crate::api::json::push_string(out, &String::from_utf8_lossy(text));
+    // `from_utf8` first: it checks valid text faster than the lossy walk.
+    let lossy;
+    let text = match std::str::from_utf8(text) {
+        Ok(_) => text,
+        Err(_) => {
+            lossy = String::from_utf8_lossy(text);
+            lossy.as_bytes()
+        }
+    };
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut at = 0;
+    while let Some(k) = text[at..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    {
+        let i = at + k;
+        out.extend_from_slice(&text[at..i]);
+        let c = text[i];
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
+                out.push(b"0123456789abcdef"[usize::from(c & 15)]);
+            }
+        }
+        at = i + 1;
     }
+    out.extend_from_slice(&text[at..]);
+    out.push(b'"');
 }
 
 /// Walks the value at `i`; `top` limits which top-level members are entered
@@ -244,6 +268,24 @@ mod tests {
         assert_eq!(decode(seen[1].1.as_bytes()).unwrap(), "a\"b");
         assert_eq!(seen[3].0, "messages.1.content.0.text");
         assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn push_text_writes_what_push_string_does() {
+        let texts: [&[u8]; 5] = [
+            b"plain [EMAIL] text",
+            b"quote \" backslash \\ nl \n cr \r tab \t bell \x07 nul \x00 \x1f end",
+            "caf\u{e9} \u{2028} \u{1f600}".as_bytes(),
+            b"cut \xc3 char",
+            b"",
+        ];
+        for t in texts {
+            let mut a = Vec::new();
+            push_text(&mut a, t);
+            let mut b = Vec::new();
+            crate::api::json::push_string(&mut b, &String::from_utf8_lossy(t));
+            assert_eq!(a, b, "{t:?}");
+        }
     }
 
     #[test]

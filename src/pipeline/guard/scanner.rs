@@ -171,8 +171,21 @@ struct Numeric {
 /// others behind their gate of anchor words.
 struct Injection {
     direct: Option<BlockDatabase>,
-    gated: Option<(BlockDatabase, BlockDatabase)>,
+    gated: Option<Gated>,
 }
+
+/// Anchor words in databases of at most `GATE_WORDS` each, and the
+/// patterns they gate.
+struct Gated {
+    gates: Vec<BlockDatabase>,
+    full: BlockDatabase,
+}
+
+/// Up to eight literals Hyperscan searches with its Teddy matcher
+/// (~12 GiB/s on prose); more go to FDR, which searched the sixteen
+/// anchor words at ~5.6 GiB/s alone and was slowed further, to ~2 GiB/s,
+/// by other scans of the same text just before it (docs/pii.md).
+const GATE_WORDS: usize = 8;
 
 pub struct Scanner {
     anchored: Option<BlockDatabase>,
@@ -366,28 +379,27 @@ impl Scanner {
             db,
             runs: DigitRuns::new(&numeric_classes, numeric_min),
         });
-        let gate = anchors
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                Pattern::with_flags(
-                    literal(a),
-                    CompileFlags::CASELESS | CompileFlags::SINGLEMATCH,
-                )
-                .map(|p| with_id(p, i))
-                .map_err(|source| CompileError::Database {
-                    what: "prompt-injection anchors",
-                    source,
+        let mut gates = Vec::new();
+        for words in anchors.chunks(GATE_WORDS) {
+            let patterns = words
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    Pattern::with_flags(
+                        literal(a),
+                        CompileFlags::CASELESS | CompileFlags::SINGLEMATCH,
+                    )
+                    .map(|p| with_id(p, i))
+                    .map_err(|source| CompileError::Database {
+                        what: "prompt-injection anchors",
+                        source,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let gated = match (
-            build("prompt-injection anchors", gate)?,
-            build("anchored prompt-injection patterns", gated)?,
-        ) {
-            (Some(gate), Some(full)) => Some((gate, full)),
-            _ => None,
-        };
+                .collect::<Result<Vec<_>, _>>()?;
+            gates.extend(build("prompt-injection anchors", patterns)?);
+        }
+        let gated =
+            build("anchored prompt-injection patterns", gated)?.map(|full| Gated { gates, full });
         let direct = build("prompt-injection delimiter patterns", direct)?;
         let injection =
             (direct.is_some() || gated.is_some()).then_some(Injection { direct, gated });
@@ -425,7 +437,7 @@ impl Scanner {
             .chain(self.injection.iter().flat_map(|i| {
                 i.direct
                     .iter()
-                    .chain(i.gated.iter().flat_map(|(gate, full)| [gate, full]))
+                    .chain(i.gated.iter().flat_map(|g| g.gates.iter().chain([&g.full])))
             }))
     }
 
@@ -504,14 +516,17 @@ impl Scanner {
             if let Some(db) = &inj.direct {
                 whole(db, hits);
             }
-            if let Some((gate, full)) = &inj.gated {
-                let mut anchored = false;
-                let _ = gate.scan(text, scratch, |_, _, _, _| {
-                    anchored = true;
-                    Matching::Terminate
+            if let Some(g) = &inj.gated {
+                let anchored = g.gates.iter().any(|gate| {
+                    let mut found = false;
+                    let _ = gate.scan(text, scratch, |_, _, _, _| {
+                        found = true;
+                        Matching::Terminate
+                    });
+                    found
                 });
                 if anchored {
-                    whole(full, hits);
+                    whole(&g.full, hits);
                 }
             }
         }
