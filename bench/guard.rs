@@ -6,12 +6,16 @@
 //!   request with a few findings (mask): under 20 microseconds.
 //!
 //! Run: `cargo bench --bench guard -- --warm-up-time 1 --measurement-time 3`
-//! (`GUARD_BENCH_PER_ENTITY=1` adds prose throughput per entity).
+//! (`GUARD_BENCH_PER_ENTITY=1` adds prose throughput per entity and of all
+//! entity patterns in one database, the layout before the split;
+//! `GUARD_BENCH_CPU=1` first prints the main figures in thread CPU time,
+//! best of many runs, which a machine busy with other work disturbs less
+//! than criterion's wall-clock times).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::config::{parse_str, snapshot::Snapshot};
 use sluice::pipeline::guard::scanner::{Finding, Hits, Scanner, ScannerSpec};
-use sluice::pipeline::guard::GuardWorker;
+use sluice::pipeline::guard::{Guard, GuardWorker};
 use std::hint::black_box;
 
 /// Every built-in entity.
@@ -124,6 +128,138 @@ fn scanner(entities: &[&str], injection: bool, deny: &[String]) -> (Scanner, hyp
     (s, scratch.expect("scratch"))
 }
 
+/// All entity patterns of `entities` in one Hyperscan database, compiled
+/// as the scanner did before it split them (docs/pii.md, "Database
+/// layout"): the baseline of the split.
+fn one_database(entities: &[&str]) -> (hyperscan::BlockDatabase, hyperscan::Scratch) {
+    use hyperscan::prelude::*;
+    use hyperscan::CompileFlags;
+    let mut patterns = Vec::new();
+    for name in entities {
+        for bp in sluice::pipeline::guard::entities::builtin(name)
+            .expect("built in")
+            .patterns
+        {
+            let mut flags = CompileFlags::SOM_LEFTMOST;
+            if bp.caseless {
+                flags |= CompileFlags::CASELESS;
+            }
+            let mut p = Pattern::with_flags(bp.expression, flags).expect("pattern");
+            p.id = Some(patterns.len());
+            patterns.push(p);
+        }
+    }
+    let db: BlockDatabase = Patterns(patterns).build().expect("compile");
+    let scratch = db.alloc_scratch().expect("scratch");
+    (db, scratch)
+}
+
+/// Seconds of this thread's CPU time.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Best (smallest) CPU time of `runs` calls of `f`, in seconds.
+fn best_cpu(runs: usize, mut f: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let t = cpu_seconds();
+            f();
+            cpu_seconds() - t
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// `GUARD_BENCH_CPU=1`: the main figures in thread CPU time (not run by
+/// default).
+fn cpu_summary(_: &mut Criterion) {
+    if std::env::var_os("GUARD_BENCH_CPU").is_none() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let text = prose(MIB, 1, |_| {});
+    let (dense_text, _) = dense(MIB);
+    let deny = ["(?i)build (a|an) (bomb|explosive)".to_string()];
+    let mut hits = Hits::default();
+    let mut out: Vec<Finding> = Vec::new();
+    eprintln!("thread CPU time, best of runs:");
+    let (db, scratch) = one_database(ALL);
+    let one = best_cpu(40, || {
+        let _ = db.scan(text.as_bytes(), &scratch, |_, _, _, _| {
+            hyperscan::Matching::Continue
+        });
+    });
+    eprintln!(
+        "  prose 1 MiB, one database of all entity patterns: {:7.0} us = {:5.2} GiB/s",
+        one * 1e6,
+        1.0 / one / 1024.0
+    );
+    for (name, injection, deny) in [
+        ("entities", false, &[][..]),
+        ("entities+safety", true, &deny[..]),
+    ] {
+        let (s, scratch) = scanner(ALL, injection, deny);
+        let p = best_cpu(40, || {
+            s.findings(&scratch, black_box(text.as_bytes()), &mut hits, &mut out)
+        });
+        let d = best_cpu(10, || {
+            s.findings(
+                &scratch,
+                black_box(dense_text.as_bytes()),
+                &mut hits,
+                &mut out,
+            )
+        });
+        eprintln!(
+            "  {name:15}: prose 1 MiB {:7.0} us = {:5.2} GiB/s; dense 1 MiB {:7.0} us = {:4.0} MiB/s",
+            p * 1e6,
+            1.0 / p / 1024.0,
+            d * 1e6,
+            1.0 / d
+        );
+    }
+    let cfg = parse_str(CONFIG, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, CONFIG).expect("snapshot");
+    let guard = snapshot.guard.as_deref().expect("guard configured");
+    let gw = GuardWorker::new(Some(guard));
+    const N: usize = 5_000;
+    for (name, with_findings) in [("chat_4KiB_3_findings", true), ("chat_4KiB_clean", false)] {
+        let body = chat_request(with_findings);
+        let t = best_cpu(9, || {
+            for _ in 0..N {
+                let i = guard
+                    .inspect_request(&gw, None, black_box(&body))
+                    .expect("allowed");
+                black_box(i.body.map(|b| b.len()));
+            }
+        });
+        eprintln!("  request/{name}: {:.2} us", t / N as f64 * 1e6);
+    }
+    let (small, gw) = small_guard();
+    let snapshot_guard = small.guard.as_deref().expect("guard configured");
+    let r = best_cpu(9, || {
+        for _ in 0..N {
+            small_request(snapshot_guard, &gw, false);
+        }
+    });
+    let ra = best_cpu(9, || {
+        for _ in 0..N {
+            small_request(snapshot_guard, &gw, true);
+        }
+    });
+    eprintln!(
+        "  small/request_229B_1_finding: {:.0} ns; small/request_and_answer_283B: {:.0} ns",
+        r / N as f64 * 1e9,
+        ra / N as f64 * 1e9
+    );
+}
+
 fn bench_scanner(c: &mut Criterion) {
     const MIB: usize = 1 << 20;
     let text = prose(MIB, 1, |_| {});
@@ -177,6 +313,14 @@ fn bench_scanner(c: &mut Criterion) {
     if std::env::var_os("GUARD_BENCH_PER_ENTITY").is_some() {
         let mut g = c.benchmark_group("scan_entity");
         g.throughput(Throughput::Bytes(MIB as u64));
+        let (db, scratch) = one_database(ALL);
+        g.bench_function("prose_1MiB/one_database", |b| {
+            b.iter(|| {
+                let _ = db.scan(black_box(text.as_bytes()), &scratch, |_, _, _, _| {
+                    hyperscan::Matching::Continue
+                });
+            })
+        });
         for entity in ALL {
             let (s, scratch) = scanner(&[entity], false, &[]);
             s.findings(&scratch, text.as_bytes(), &mut hits, &mut out);
@@ -256,5 +400,89 @@ fn bench_request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_scanner, bench_request);
+/// `loadtest/compare.sh`'s `[pii]` section: mask, every entity,
+/// `scan_responses`, no `[safety]`.
+const SMALL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+
+[[models]]
+name = "bench-model"
+targets = [{ upstream = "a" }]
+
+[pii]
+default_policy = "all"
+
+[pii.policies.all]
+action = "mask"
+entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
+scan_responses = true
+"#;
+
+/// compare.sh's request (229 bytes, one email) and the upstream's answer
+/// (283 bytes).
+const SMALL_BODY: &[u8] = br#"{"model":"bench-model","messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}"#;
+const SMALL_ANSWER: &[u8] = br#"{"id":"chatcmpl-nginx","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
+
+fn small_guard() -> (Snapshot, GuardWorker) {
+    let cfg = parse_str(SMALL, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, SMALL).expect("snapshot");
+    let gw = GuardWorker::new(snapshot.guard.as_deref());
+    (snapshot, gw)
+}
+
+/// The guard's share of one compare.sh request: the request side, and
+/// with `answer` the answer filter too.
+fn small_request(guard: &Guard, gw: &GuardWorker, answer: bool) {
+    let i = guard
+        .inspect_request(gw, None, black_box(SMALL_BODY))
+        .expect("allowed");
+    black_box(i.body.map(|b| b.len()));
+    let filter = i.filter.expect("answers are scanned");
+    if answer {
+        let mut a = SMALL_ANSWER.to_vec();
+        let mut filter = filter;
+        filter.body(&mut a).expect("answer passes");
+        black_box(a.len());
+    }
+}
+
+/// What one small chat request costs the guard, request side and answer
+/// side (the case of `loadtest/compare.sh`).
+fn bench_small(c: &mut Criterion) {
+    let (snapshot, gw) = small_guard();
+    let guard = snapshot.guard.as_deref().expect("guard configured");
+    let inspection = guard
+        .inspect_request(&gw, None, SMALL_BODY)
+        .expect("allowed");
+    let masked = String::from_utf8(inspection.body.expect("masked")).expect("utf-8");
+    assert!(masked.contains("Tell [EMAIL], briefly"), "{masked}");
+    let mut answer = SMALL_ANSWER.to_vec();
+    inspection
+        .filter
+        .expect("answers are scanned")
+        .body(&mut answer)
+        .expect("answer passes");
+    assert_eq!(answer, SMALL_ANSWER);
+    let mut g = c.benchmark_group("small");
+    g.bench_function("request_229B_1_finding", |b| {
+        b.iter(|| small_request(guard, &gw, false))
+    });
+    g.bench_function("request_and_answer_283B", |b| {
+        b.iter(|| small_request(guard, &gw, true))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    cpu_summary,
+    bench_scanner,
+    bench_request,
+    bench_small
+);
 criterion_main!(benches);

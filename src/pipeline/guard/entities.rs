@@ -29,6 +29,20 @@ pub enum OpenRule {
     Window,
 }
 
+/// Which Hyperscan database a built-in pattern goes into (`scanner.rs`;
+/// why, with measurements: docs/pii.md, "Database layout").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The pattern holds a literal Hyperscan can search for (`@`, `:`,
+    /// `-----BEGIN`, `AKIA`, `sk-`, `eyJ`, `bearer`, ...).
+    Anchored,
+    /// Digits and separators with no literal to search for. Its
+    /// `OpenRule` is `Class`, and every match is a run of that class's
+    /// bytes holding at least one ASCII digit, so the pattern is only
+    /// searched for in such runs (`digits.rs`).
+    Numeric,
+}
+
 /// One pattern of a built-in entity.
 pub struct BuiltinPattern {
     pub expression: &'static str,
@@ -38,6 +52,7 @@ pub struct BuiltinPattern {
     /// Longest finding (bytes): longer matches are no finding, and a
     /// stream never holds back more. 0 = the pattern's own bound.
     pub max_len: usize,
+    pub placement: Placement,
 }
 
 /// A built-in entity: its configuration name, its mask label and patterns.
@@ -54,11 +69,25 @@ const fn pat(expression: &'static str, validate: Validator, open: OpenRule) -> B
         validate,
         open,
         max_len: 0,
+        placement: Placement::Anchored,
     }
 }
 
 const fn long(max_len: usize, p: BuiltinPattern) -> BuiltinPattern {
     BuiltinPattern { max_len, ..p }
+}
+
+/// A digits-and-separators pattern (`Placement::Numeric`); `class` holds
+/// every byte a match can have, digits included.
+const fn num(
+    expression: &'static str,
+    validate: Validator,
+    class: fn(u8) -> bool,
+) -> BuiltinPattern {
+    BuiltinPattern {
+        placement: Placement::Numeric,
+        ..pat(expression, validate, OpenRule::Class(class))
+    }
 }
 
 pub static BUILTINS: &[Builtin] = &[
@@ -84,77 +113,65 @@ pub static BUILTINS: &[Builtin] = &[
         label: "PHONE",
         patterns: &[
             // E.164 and international notation: +31 20 123 4567, +1 (555) 123-4567
-            pat(
+            num(
                 r"\+[1-9][0-9 ().\-]{6,20}[0-9]",
                 phone_international,
-                OpenRule::Class(phone_byte),
+                phone_byte,
             ),
             // 00 prefix: 0031 20 1234567
-            pat(
+            num(
                 r"\b00[1-9][0-9 ().\-]{6,20}[0-9]",
                 phone_international,
-                OpenRule::Class(phone_byte),
+                phone_byte,
             ),
             // national with trunk 0: 020-1234567, 06 12345678, (030) 1234567, 01 23 45 67 89
-            pat(
+            num(
                 r"(?:\(0|\b0)[1-9][0-9 ()./\-]{6,16}[0-9]",
                 phone_national,
-                OpenRule::Class(phone_byte),
+                phone_byte,
             ),
         ],
     },
     Builtin {
         name: "iban",
         label: "IBAN",
-        patterns: &[pat(
+        patterns: &[num(
             r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b",
             iban,
-            OpenRule::Class(iban_byte),
+            iban_byte,
         )],
     },
     Builtin {
         name: "credit_card",
         label: "CREDIT_CARD",
-        patterns: &[pat(
+        patterns: &[num(
             r"\b[0-9](?:[ \-]?[0-9]){12,18}\b",
             credit_card,
-            OpenRule::Class(card_byte),
+            card_byte,
         )],
     },
     Builtin {
         name: "bsn",
         label: "BSN",
         patterns: &[
-            pat(r"\b[0-9]{9}\b", bsn, OpenRule::Class(bsn_byte)),
-            pat(
-                r"\b[0-9]{4}\.[0-9]{2}\.[0-9]{3}\b",
-                bsn,
-                OpenRule::Class(bsn_byte),
-            ),
-            pat(
-                r"\b[0-9]{3}[ \-][0-9]{3}[ \-][0-9]{3}\b",
-                bsn,
-                OpenRule::Class(bsn_byte),
-            ),
+            num(r"\b[0-9]{9}\b", bsn, bsn_byte),
+            num(r"\b[0-9]{4}\.[0-9]{2}\.[0-9]{3}\b", bsn, bsn_byte),
+            num(r"\b[0-9]{3}[ \-][0-9]{3}[ \-][0-9]{3}\b", bsn, bsn_byte),
         ],
     },
     Builtin {
         name: "ssn",
         label: "SSN",
-        patterns: &[pat(
+        patterns: &[num(
             r"\b[0-9]{3}[ \-][0-9]{2}[ \-][0-9]{4}\b",
             ssn,
-            OpenRule::Class(ssn_byte),
+            ssn_byte,
         )],
     },
     Builtin {
         name: "ipv4",
         label: "IPV4",
-        patterns: &[pat(
-            r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b",
-            ipv4,
-            OpenRule::Class(ipv4_byte),
-        )],
+        patterns: &[num(r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b", ipv4, ipv4_byte)],
     },
     Builtin {
         name: "ipv6",
@@ -240,6 +257,7 @@ pub static BUILTINS: &[Builtin] = &[
                 validate: bearer,
                 open: OpenRule::Bearer,
                 max_len: 2048,
+                placement: Placement::Anchored,
             },
         ],
     },

@@ -36,24 +36,81 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// End (exclusive) of the string whose opening quote is at `i`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    string_end_escaped(b, i).map(|(end, _)| end)
+}
+
+/// End (exclusive) of the string whose opening quote is at `i`, and
+/// whether it holds an escape.
+fn string_end_escaped(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     i += 1;
+    let mut escaped = false;
     loop {
         let j = i + memchr::memchr2(b'"', b'\\', &b[i..])?;
         if b[j] == b'"' {
-            return Some(j + 1);
+            return Some((j + 1, escaped));
         }
+        escaped = true;
         i = j + 2;
     }
 }
 
 /// The text of a string literal (quotes included in `raw`), escapes decoded.
 pub fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
-    let inner = &raw[1..raw.len() - 1];
-    if memchr::memchr(b'\\', inner).is_none() {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    decode_known(raw, memchr::memchr(b'\\', raw).is_some())
+}
+
+/// `decode` when it is known whether `raw` holds an escape.
+fn decode_known(raw: &[u8], escaped: bool) -> Option<Cow<'_, str>> {
+    if !escaped {
+        return std::str::from_utf8(&raw[1..raw.len() - 1])
+            .ok()
+            .map(Cow::Borrowed);
     }
     serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// Appends `text` as a JSON string literal: the decoded text of a string
+/// the guard changed (masks and placeholders are ASCII; the rest is the
+/// client's valid UTF-8, unless a custom pattern cut a character, which
+/// becomes U+FFFD). Writes what `crate::api::json::push_string` writes,
+/// copying the runs between escapes whole instead of byte by byte.
+pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
+    // `from_utf8` first: it checks valid text faster than the lossy walk.
+    let lossy;
+    let text = match std::str::from_utf8(text) {
+        Ok(_) => text,
+        Err(_) => {
+            lossy = String::from_utf8_lossy(text);
+            lossy.as_bytes()
+        }
+    };
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut at = 0;
+    while let Some(k) = text[at..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    {
+        let i = at + k;
+        out.extend_from_slice(&text[at..i]);
+        let c = text[i];
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
+                out.push(b"0123456789abcdef"[usize::from(c & 15)]);
+            }
+        }
+        at = i + 1;
+    }
+    out.extend_from_slice(&text[at..]);
+    out.push(b'"');
 }
 
 /// Walks the value at `i`; `top` limits which top-level members are entered
@@ -90,8 +147,8 @@ fn value<'a>(
                 if b.get(j) != Some(&b'"') {
                     return None;
                 }
-                let key_end = string_end(b, j)?;
-                let key = decode(&b[j..key_end])?;
+                let (key_end, escaped) = string_end_escaped(b, j)?;
+                let key = decode_known(&b[j..key_end], escaped)?;
                 j = skip_ws(b, key_end);
                 if b.get(j) != Some(&b':') {
                     return None;
@@ -211,6 +268,24 @@ mod tests {
         assert_eq!(decode(seen[1].1.as_bytes()).unwrap(), "a\"b");
         assert_eq!(seen[3].0, "messages.1.content.0.text");
         assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn push_text_writes_what_push_string_does() {
+        let texts: [&[u8]; 5] = [
+            b"plain [EMAIL] text",
+            b"quote \" backslash \\ nl \n cr \r tab \t bell \x07 nul \x00 \x1f end",
+            "caf\u{e9} \u{2028} \u{1f600}".as_bytes(),
+            b"cut \xc3 char",
+            b"",
+        ];
+        for t in texts {
+            let mut a = Vec::new();
+            push_text(&mut a, t);
+            let mut b = Vec::new();
+            crate::api::json::push_string(&mut b, &String::from_utf8_lossy(t));
+            assert_eq!(a, b, "{t:?}");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 /// Which way the scanned text was going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
-    Request,
-    Response,
+    Request = 0,
+    Response = 1,
 }
 
 impl Direction {
@@ -26,21 +26,24 @@ impl Direction {
 
 #[derive(Default)]
 pub struct GuardMetrics {
-    findings: RefCell<HashMap<(Box<str>, &'static str), Counter>>,
+    /// (entity, action, counter): a short list, searched without
+    /// allocating a key.
+    findings: RefCell<Vec<(Box<str>, &'static str, Counter)>>,
     safety: RefCell<HashMap<(&'static str, &'static str), Counter>>,
-    scanned: RefCell<HashMap<Direction, (Counter, Histogram)>>,
+    /// By `Direction as usize`.
+    scanned: RefCell<[Option<(Counter, Histogram)>; 2]>,
 }
 
 impl GuardMetrics {
     pub fn finding(&self, entity: &str, action: &'static str, n: u64) {
-        let mut map = self.findings.borrow_mut();
-        if let Some(c) = map.get(&(entity.into(), action)) {
+        let mut list = self.findings.borrow_mut();
+        if let Some((_, _, c)) = list.iter().find(|(e, a, _)| &**e == entity && *a == action) {
             c.increment(n);
             return;
         }
         let c = counter!(PII_FINDINGS_TOTAL, "entity" => entity.to_owned(), "action" => action);
         c.increment(n);
-        map.insert((entity.into(), action), c);
+        list.push((entity.into(), action, c));
     }
 
     pub fn safety(&self, kind: &'static str, action: &'static str) {
@@ -52,8 +55,8 @@ impl GuardMetrics {
     }
 
     pub fn scanned(&self, direction: Direction, bytes: usize, seconds: f64) {
-        let mut map = self.scanned.borrow_mut();
-        let (c, h) = map.entry(direction).or_insert_with(|| {
+        let mut handles = self.scanned.borrow_mut();
+        let (c, h) = handles[direction as usize].get_or_insert_with(|| {
             (
                 counter!(GUARD_SCANNED_BYTES_TOTAL, "direction" => direction.as_str()),
                 histogram!(GUARD_SCAN_SECONDS, "direction" => direction.as_str()),

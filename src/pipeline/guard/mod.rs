@@ -3,14 +3,17 @@
 //! comes back.
 //!
 //! - `entities.rs`: built-in entities, their patterns and validators.
-//! - `safety.rs`: the curated prompt-injection pattern set.
-//! - `scanner.rs`: one compiled scanner per policy (shared, read-only).
+//! - `safety.rs`: the curated prompt-injection pattern set and its anchors.
+//! - `scanner.rs`: one compiled scanner per policy (shared, read-only), its
+//!   patterns spread over Hyperscan databases by the search they allow.
+//! - `digits.rs`: the windows of a text where numeric entities can be.
 //! - `json.rs`: the byte-level walk that finds the strings to scan.
 //! - `request.rs`: the request side (monitor, mask, pseudonymize, block).
 //! - `response.rs`: the answer filter (whole answers and streams).
 //! - `stream.rs`: exact masking of text that arrives in pieces.
 //! - `metrics.rs`: per-worker metric handles.
 
+pub mod digits;
 pub mod entities;
 pub mod json;
 pub mod metrics;

@@ -197,6 +197,20 @@ impl Guard {
             });
         };
         let action = action_label(policy.action);
+        if findings.iter().all(Vec::is_empty) {
+            record_scan();
+            return Ok(Inspection {
+                body: None,
+                filter: GuardFilter::boxed(
+                    self,
+                    Some(policy),
+                    scanner.clone(),
+                    Default::default(),
+                    gw,
+                ),
+                findings: Vec::new(),
+            });
+        }
         let mut counts = vec![0u64; scanner.entities.len()];
         for f in findings.iter().flatten() {
             counts[f.entity as usize] += 1;
@@ -206,9 +220,9 @@ impl Guard {
                 metrics.finding(&scanner.entities[e].name, action, n);
             }
         }
-        let any = counts.iter().any(|&n| n > 0);
-        if any {
-            // Entity types and positions only: never a value.
+        // Entity types and positions only: never a value. Collected only
+        // when the line is logged.
+        if tracing::enabled!(tracing::Level::DEBUG) {
             let positions: Vec<(&str, usize, usize, usize)> = findings
                 .iter()
                 .enumerate()
@@ -227,7 +241,7 @@ impl Guard {
         }
         let mut pseudonyms = Pseudonyms::default();
         let new_body = match policy.action {
-            PiiAction::Block if any => {
+            PiiAction::Block => {
                 record_scan();
                 let names: Vec<&str> = counts
                     .iter()
@@ -237,7 +251,7 @@ impl Guard {
                     .collect();
                 return Err(GatewayError::PiiDetected(names.join(", ")));
             }
-            PiiAction::Mask | PiiAction::Pseudonymize if any => {
+            PiiAction::Mask | PiiAction::Pseudonymize => {
                 let mut out = Vec::with_capacity(body.len() + 64);
                 let mut at = 0;
                 let mut text_out = Vec::new();
@@ -258,15 +272,13 @@ impl Guard {
                         );
                     }
                     out.extend_from_slice(&body[at..range.start]);
-                    // Masks and placeholders are ASCII; the rest is the
-                    // decoded (valid UTF-8) text.
-                    crate::api::json::push_string(&mut out, &String::from_utf8_lossy(&text_out));
+                    json::push_text(&mut out, &text_out);
                     at = range.end;
                 }
                 out.extend_from_slice(&body[at..]);
                 Some(out)
             }
-            _ => None,
+            PiiAction::Monitor => None,
         };
         record_scan();
         let findings = counts

@@ -9,7 +9,7 @@
 use super::json::{self, Scalar, Seg};
 use super::metrics::{Direction, GuardMetrics};
 use super::request::Pseudonyms;
-use super::scanner::{Finding, Hits, Scanner};
+use super::scanner::{Finding, Hits, Scanner, Scope};
 use super::stream::{apply, restore, Mask, Replace, Restore, TextStream};
 use super::{Guard, GuardWorker, Policy};
 use crate::api::GatewayError;
@@ -50,6 +50,9 @@ pub struct GuardFilter {
     metrics: Rc<GuardMetrics>,
     choices: Vec<Choice>,
     hits: Hits,
+    /// Buffers reused across the texts of an answer.
+    findings: Vec<Finding>,
+    masked: Vec<u8>,
     /// The last chunk's JSON: id, object, created and model of events
     /// that carry held-back text.
     template: Vec<u8>,
@@ -84,6 +87,8 @@ impl GuardFilter {
             metrics: gw.metrics.clone(),
             choices: Vec::new(),
             hits: Hits::default(),
+            findings: Vec::new(),
+            masked: Vec::new(),
             template: Vec::new(),
         }))
     }
@@ -102,17 +107,36 @@ impl GuardFilter {
         text: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
-        let mut findings = Vec::new();
-        self.scanner
-            .findings(scratch, text, &mut self.hits, &mut findings);
+        // Entities only when they are masked or counted; no injection
+        // check on answers.
+        let scope = Scope {
+            entities: self.scan,
+            deny: self.deny,
+            injection: false,
+        };
+        let mut findings = std::mem::take(&mut self.findings);
+        if scope.entities || scope.deny {
+            self.scanner
+                .findings_in(scope, scratch, text, &mut self.hits, &mut findings);
+        } else {
+            self.hits.clear();
+            findings.clear();
+        }
         if self.deny && self.hits.deny {
+            self.findings = findings;
             self.metrics.safety("deny_pattern", "block");
             return Err(deny_error());
         }
-        let mut masked = Vec::new();
+        let mut masked = std::mem::take(&mut self.masked);
+        masked.clear();
         let text = if self.scan && !findings.is_empty() {
-            let found: Vec<u16> = findings.iter().map(|f| f.entity).collect();
-            self.count(&found);
+            for f in &findings {
+                self.metrics.finding(
+                    &self.scanner.entities[f.entity as usize].name,
+                    self.action,
+                    1,
+                );
+            }
             if self.mask {
                 apply(&self.scanner, text, &findings, &mut Mask, &mut masked);
                 &masked[..]
@@ -123,6 +147,8 @@ impl GuardFilter {
             text
         };
         restore(&self.pseudonyms, text, out);
+        self.findings = findings;
+        self.masked = masked;
         Ok(())
     }
 
@@ -268,10 +294,7 @@ impl GuardFilter {
             }
             if text_out != text.as_bytes() {
                 new_payload.extend_from_slice(&payload[at..r.start]);
-                crate::api::json::push_string(
-                    &mut new_payload,
-                    &String::from_utf8_lossy(&text_out),
-                );
+                json::push_text(&mut new_payload, &text_out);
                 at = r.end;
             }
         }
@@ -429,7 +452,8 @@ impl AnswerFilter for GuardFilter {
                 targets.push(r);
             }
         });
-        let mut out = Vec::with_capacity(src.len());
+        // The answer is copied only when a text changed.
+        let mut out: Option<Vec<u8>> = None;
         let mut at = 0;
         let mut text_out = Vec::new();
         let mut scanned = 0;
@@ -449,13 +473,19 @@ impl AnswerFilter for GuardFilter {
                 return Err(e);
             }
             if text_out != text.as_bytes() {
-                out.extend_from_slice(&src[at..r.start]);
-                crate::api::json::push_string(&mut out, &String::from_utf8_lossy(&text_out));
+                let o = out.get_or_insert_with(|| Vec::with_capacity(src.len() + 64));
+                o.extend_from_slice(&src[at..r.start]);
+                json::push_text(o, &text_out);
                 at = r.end;
             }
         }
-        out.extend_from_slice(&src[at..]);
-        *body = out;
+        *body = match out {
+            Some(mut o) => {
+                o.extend_from_slice(&src[at..]);
+                o
+            }
+            None => src,
+        };
         self.metrics.scanned(
             Direction::Response,
             scanned,

@@ -1,11 +1,32 @@
-//! One compiled scanner per policy: a Hyperscan block database holding the
-//! policy's entity patterns (SOM_LEFTMOST, so every match has its exact
-//! start), the prompt-injection set and the deny patterns; and a streaming
-//! database of the deny patterns for answers that arrive in pieces.
-//! Compiled once at load, shared read-only by every worker; the scratch
-//! space is per worker (`GuardScratch`).
+//! One compiled scanner per policy: the policy's entity patterns
+//! (SOM_LEFTMOST, so every match has its exact start), the prompt-injection
+//! set and the deny patterns, spread over Hyperscan block databases by the
+//! kind of search each pattern allows; and a streaming database of the deny
+//! patterns for answers that arrive in pieces. Compiled once at load,
+//! shared read-only by every worker; the scratch space is per worker
+//! (`GuardWorker`) and fits every database.
+//!
+//! The layout (measured in docs/pii.md, "Database layout"): in one
+//! database, patterns without a literal (digit classes) and patterns with
+//! one (`@`, `:`, `sk-`) cost far more together than apart, ~0.4 GiB/s on
+//! prose against 3-40 GiB/s each. So:
+//! - `anchored`: built-in patterns with a literal anchor (email, IPv6,
+//!   secrets), scanned over the whole text;
+//! - `numeric`: built-in digit patterns (phone, IBAN, card, BSN, SSN,
+//!   IPv4), scanned only over the windows `digits.rs` finds;
+//! - `user`: custom entities and deny patterns, whose shape is unknown,
+//!   apart so that a slow one cannot slow the built-ins;
+//! - `injection`: the prompt-injection set: the chat-template delimiters
+//!   over the whole text, the word patterns only when their gate (a
+//!   database of the patterns' anchor words, `safety.rs`) matches.
+//!
+//! Every database reports a pattern under its index in `meta`, and each
+//! split only skips text where a pattern cannot match, so a scan reports
+//! exactly the matches one database of all patterns would
+//! (tests/pii_layout.rs compares the two).
 
-use super::entities::{self, OpenRule, Validator};
+use super::digits::DigitRuns;
+use super::entities::{self, OpenRule, Placement, Validator};
 use super::safety;
 use hyperscan::prelude::*;
 use hyperscan::{CompileFlags, Scratch};
@@ -13,6 +34,45 @@ use std::ops::Range;
 
 /// The widest match a stream waits for when a pattern's width is unbounded.
 pub const UNBOUNDED_WIDTH: usize = 1024;
+
+/// Why a scanner could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("built-in {entity} pattern: {source}")]
+    Builtin {
+        entity: String,
+        source: hyperscan::Error,
+    },
+    #[error("built-in {0} pattern: a numeric pattern needs a byte class")]
+    NumericWithoutClass(String),
+    #[error("pii.custom {name:?}: {source}")]
+    Custom {
+        name: String,
+        source: hyperscan::Error,
+    },
+    #[error("unknown PII entity {0:?}")]
+    UnknownEntity(String),
+    #[error("injection pattern {index}: {source}")]
+    Injection {
+        index: usize,
+        source: hyperscan::Error,
+    },
+    #[error("safety.deny_patterns[{index}] {expression:?}: {source}")]
+    Deny {
+        index: usize,
+        expression: String,
+        source: hyperscan::Error,
+    },
+    #[error("nothing to scan for")]
+    Empty,
+    #[error("compiling the {what}: {source}")]
+    Database {
+        what: &'static str,
+        source: hyperscan::Error,
+    },
+    #[error("allocating Hyperscan scratch: {0}")]
+    Scratch(hyperscan::Error),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,10 +121,80 @@ impl Hits {
         self.injection = 0;
         self.deny = false;
     }
+
+    fn record(&mut self, meta: &[PatternMeta], id: u32, from: usize, to: usize) {
+        match meta[id as usize].kind {
+            Kind::Entity(_) => self.candidates.push((id, from, to)),
+            Kind::Injection(c) => self.injection |= 1 << c,
+            Kind::Deny(_) => self.deny = true,
+        }
+    }
 }
 
-pub struct Scanner {
+/// What a scan looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub entities: bool,
+    pub deny: bool,
+    pub injection: bool,
+}
+
+impl Scope {
+    /// Requests: everything.
+    pub const ALL: Scope = Scope {
+        entities: true,
+        deny: true,
+        injection: true,
+    };
+    /// Whole answers: entities and deny patterns.
+    pub const ANSWER: Scope = Scope {
+        entities: true,
+        deny: true,
+        injection: false,
+    };
+    /// Stream hold-back: entities only (deny patterns run on their own
+    /// Hyperscan stream).
+    pub const ENTITIES: Scope = Scope {
+        entities: true,
+        deny: false,
+        injection: false,
+    };
+}
+
+/// The numeric patterns and where they can match.
+struct Numeric {
     db: BlockDatabase,
+    runs: DigitRuns,
+}
+
+/// The prompt-injection set: the patterns without anchors, and the
+/// others behind their gate of anchor words.
+struct Injection {
+    direct: Option<BlockDatabase>,
+    gated: Option<Gated>,
+}
+
+/// Anchor words in databases of at most `GATE_WORDS` each, and the
+/// patterns they gate.
+struct Gated {
+    gates: Vec<BlockDatabase>,
+    full: BlockDatabase,
+}
+
+/// Up to eight literals Hyperscan searches with its Teddy matcher
+/// (~12 GiB/s on prose); more go to FDR, which searched the sixteen
+/// anchor words at ~5.6 GiB/s alone and was slowed further, to ~2 GiB/s,
+/// by other scans of the same text just before it (docs/pii.md).
+const GATE_WORDS: usize = 8;
+
+pub struct Scanner {
+    anchored: Option<BlockDatabase>,
+    numeric: Option<Numeric>,
+    user: Option<BlockDatabase>,
+    /// Whether `user` holds custom entities and deny patterns.
+    user_entities: bool,
+    user_deny: bool,
+    injection: Option<Injection>,
     deny_stream: Option<StreamingDatabase>,
     pub meta: Vec<PatternMeta>,
     pub entities: Vec<EntityMeta>,
@@ -80,9 +210,8 @@ pub struct ScannerSpec<'a> {
     pub deny: &'a [String],
 }
 
-fn width_of(p: &Pattern) -> Result<usize, String> {
-    let info = p.info().map_err(|e| e.to_string())?;
-    let w = info.max_width();
+fn width_of(p: &Pattern) -> Result<usize, hyperscan::Error> {
+    let w = p.info()?.max_width();
     Ok(if w == 0 || w >= u32::MAX as usize {
         UNBOUNDED_WIDTH
     } else {
@@ -90,11 +219,46 @@ fn width_of(p: &Pattern) -> Result<usize, String> {
     })
 }
 
+/// `text` as a Hyperscan expression matching it literally.
+fn literal(text: &str) -> String {
+    let mut e = String::with_capacity(text.len() * 2);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() {
+            e.push(b as char);
+        } else {
+            e.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    e
+}
+
+fn build(
+    what: &'static str,
+    patterns: Vec<Pattern>,
+) -> Result<Option<BlockDatabase>, CompileError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    Patterns(patterns)
+        .build()
+        .map(Some)
+        .map_err(|source| CompileError::Database { what, source })
+}
+
 impl Scanner {
-    pub fn compile(spec: &ScannerSpec<'_>) -> Result<Scanner, String> {
-        let mut patterns = Vec::new();
+    pub fn compile(spec: &ScannerSpec<'_>) -> Result<Scanner, CompileError> {
         let mut meta = Vec::new();
         let mut entities = Vec::new();
+        let mut anchored = Vec::new();
+        let mut numeric = Vec::new();
+        let mut numeric_classes: Vec<fn(u8) -> bool> = Vec::new();
+        let mut numeric_min = usize::MAX;
+        let mut user = Vec::new();
+        // Each pattern's id is its index in `meta`.
+        let with_id = |mut p: Pattern, id: usize| {
+            p.id = Some(id);
+            p
+        };
         for name in spec.entities {
             let entity = entities.len() as u16;
             if let Some(b) = entities::builtin(name) {
@@ -102,94 +266,162 @@ impl Scanner {
                     name: b.name.into(),
                     label: b.label.into(),
                 });
+                let err = |source| CompileError::Builtin {
+                    entity: name.clone(),
+                    source,
+                };
                 for bp in b.patterns {
                     let mut flags = CompileFlags::SOM_LEFTMOST;
                     if bp.caseless {
                         flags |= CompileFlags::CASELESS;
                     }
-                    let p = Pattern::with_flags(bp.expression, flags)
-                        .map_err(|e| format!("built-in {name} pattern: {e}"))?;
+                    let p = Pattern::with_flags(bp.expression, flags).map_err(err)?;
                     let width = match bp.max_len {
-                        0 => width_of(&p).map_err(|e| format!("built-in {name} pattern: {e}"))?,
+                        0 => width_of(&p).map_err(err)?,
                         n => n,
                     };
+                    let id = meta.len();
                     meta.push(PatternMeta {
                         kind: Kind::Entity(entity),
                         validate: Some(bp.validate),
                         open: bp.open,
                         width,
                     });
-                    patterns.push(p);
+                    match bp.placement {
+                        Placement::Anchored => anchored.push(with_id(p, id)),
+                        Placement::Numeric => {
+                            let OpenRule::Class(class) = bp.open else {
+                                return Err(CompileError::NumericWithoutClass(name.clone()));
+                            };
+                            numeric_classes.push(class);
+                            numeric_min = numeric_min.min(p.info().map_err(err)?.min_width());
+                            numeric.push(with_id(p, id));
+                        }
+                    }
                 }
             } else if let Some((_, expr)) = spec.custom.iter().find(|(n, _)| n == name) {
                 entities.push(EntityMeta {
                     name: name.as_str().into(),
                     label: name.to_ascii_uppercase().into(),
                 });
-                let p = Pattern::with_flags(expr.as_str(), CompileFlags::SOM_LEFTMOST)
-                    .map_err(|e| format!("pii.custom {name:?}: {e}"))?;
+                let err = |source| CompileError::Custom {
+                    name: name.clone(),
+                    source,
+                };
+                let p =
+                    Pattern::with_flags(expr.as_str(), CompileFlags::SOM_LEFTMOST).map_err(err)?;
+                let id = meta.len();
                 meta.push(PatternMeta {
                     kind: Kind::Entity(entity),
                     validate: None,
                     open: OpenRule::Window,
-                    width: width_of(&p).map_err(|e| format!("pii.custom {name:?}: {e}"))?,
+                    width: width_of(&p).map_err(err)?,
                 });
-                patterns.push(p);
+                user.push(with_id(p, id));
             } else {
-                return Err(format!("unknown PII entity {name:?}"));
+                return Err(CompileError::UnknownEntity(name.clone()));
             }
         }
+        let user_entities = !user.is_empty();
         let max_width = meta.iter().map(|m| m.width).max().unwrap_or(0);
+        let mut direct = Vec::new();
+        let mut gated = Vec::new();
+        let mut anchors: Vec<&str> = Vec::new();
         if spec.injection {
-            for (i, (_, expr)) in safety::INJECTION.iter().enumerate() {
-                let p =
-                    Pattern::with_flags(*expr, CompileFlags::CASELESS | CompileFlags::SINGLEMATCH)
-                        .map_err(|e| format!("injection pattern {i}: {e}"))?;
+            for (i, ip) in safety::INJECTION.iter().enumerate() {
+                let p = Pattern::with_flags(
+                    ip.expression,
+                    CompileFlags::CASELESS | CompileFlags::SINGLEMATCH,
+                )
+                .map_err(|source| CompileError::Injection { index: i, source })?;
+                let id = meta.len();
                 meta.push(PatternMeta {
-                    kind: Kind::Injection(i as u8),
+                    kind: Kind::Injection(ip.category),
                     validate: None,
                     open: OpenRule::Window,
                     width: 0,
                 });
-                patterns.push(p);
+                if ip.anchors.is_empty() {
+                    direct.push(with_id(p, id));
+                } else {
+                    gated.push(with_id(p, id));
+                }
+                for a in ip.anchors {
+                    if !anchors.contains(a) {
+                        anchors.push(a);
+                    }
+                }
             }
         }
         let mut deny_patterns = Vec::new();
         for (i, expr) in spec.deny.iter().enumerate() {
-            let p = Pattern::with_flags(expr.as_str(), CompileFlags::SINGLEMATCH)
-                .map_err(|e| format!("safety.deny_patterns[{i}] {expr:?}: {e}"))?;
+            let p = Pattern::with_flags(expr.as_str(), CompileFlags::SINGLEMATCH).map_err(
+                |source| CompileError::Deny {
+                    index: i,
+                    expression: expr.clone(),
+                    source,
+                },
+            )?;
+            let id = meta.len();
             meta.push(PatternMeta {
                 kind: Kind::Deny(i as u16),
                 validate: None,
                 open: OpenRule::Window,
                 width: 0,
             });
-            deny_patterns.push(p.clone());
-            patterns.push(p);
+            deny_patterns.push(with_id(p.clone(), i));
+            user.push(with_id(p, id));
         }
-        if patterns.is_empty() {
-            return Err("nothing to scan for".into());
+        if meta.is_empty() {
+            return Err(CompileError::Empty);
         }
-        for (i, p) in patterns.iter_mut().enumerate() {
-            p.id = Some(i);
+        let numeric = build("numeric entity patterns", numeric)?.map(|db| Numeric {
+            db,
+            runs: DigitRuns::new(&numeric_classes, numeric_min),
+        });
+        let mut gates = Vec::new();
+        for words in anchors.chunks(GATE_WORDS) {
+            let patterns = words
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    Pattern::with_flags(
+                        literal(a),
+                        CompileFlags::CASELESS | CompileFlags::SINGLEMATCH,
+                    )
+                    .map(|p| with_id(p, i))
+                    .map_err(|source| CompileError::Database {
+                        what: "prompt-injection anchors",
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            gates.extend(build("prompt-injection anchors", patterns)?);
         }
-        let db: BlockDatabase = Patterns(patterns)
-            .build()
-            .map_err(|e| format!("compiling the scanner: {e}"))?;
+        let gated =
+            build("anchored prompt-injection patterns", gated)?.map(|full| Gated { gates, full });
+        let direct = build("prompt-injection delimiter patterns", direct)?;
+        let injection =
+            (direct.is_some() || gated.is_some()).then_some(Injection { direct, gated });
         let deny_stream = if deny_patterns.is_empty() {
             None
         } else {
-            for (i, p) in deny_patterns.iter_mut().enumerate() {
-                p.id = Some(i);
-            }
             Some(
                 Patterns(deny_patterns)
                     .build::<hyperscan::Streaming>()
-                    .map_err(|e| format!("compiling the deny patterns for streams: {e}"))?,
+                    .map_err(|source| CompileError::Database {
+                        what: "deny patterns for streams",
+                        source,
+                    })?,
             )
         };
         Ok(Scanner {
-            db,
+            anchored: build("anchored entity patterns", anchored)?,
+            numeric,
+            user_deny: !spec.deny.is_empty(),
+            user: build("custom and deny patterns", user)?,
+            user_entities,
+            injection,
             deny_stream,
             meta,
             entities,
@@ -197,16 +429,31 @@ impl Scanner {
         })
     }
 
+    fn block_databases(&self) -> impl Iterator<Item = &BlockDatabase> {
+        self.anchored
+            .iter()
+            .chain(self.numeric.as_ref().map(|n| &n.db))
+            .chain(&self.user)
+            .chain(self.injection.iter().flat_map(|i| {
+                i.direct
+                    .iter()
+                    .chain(i.gated.iter().flat_map(|g| g.gates.iter().chain([&g.full])))
+            }))
+    }
+
     /// Makes `scratch` fit this scanner's databases.
-    pub fn fit_scratch(&self, scratch: &mut Option<Scratch>) -> Result<(), String> {
-        match scratch {
-            Some(s) => {
-                self.db.realloc_scratch(s).map_err(|e| e.to_string())?;
+    pub fn fit_scratch(&self, scratch: &mut Option<Scratch>) -> Result<(), CompileError> {
+        let dbs = self.block_databases();
+        for db in dbs {
+            match scratch {
+                Some(s) => {
+                    db.realloc_scratch(s).map_err(CompileError::Scratch)?;
+                }
+                None => *scratch = Some(db.alloc_scratch().map_err(CompileError::Scratch)?),
             }
-            None => *scratch = Some(self.db.alloc_scratch().map_err(|e| e.to_string())?),
         }
         if let (Some(d), Some(s)) = (&self.deny_stream, scratch.as_mut()) {
-            d.realloc_scratch(s).map_err(|e| e.to_string())?;
+            d.realloc_scratch(s).map_err(CompileError::Scratch)?;
         }
         Ok(())
     }
@@ -219,23 +466,70 @@ impl Scanner {
         self.deny_stream.as_ref()
     }
 
-    /// Scans `text` in block mode, collecting raw hits.
+    /// Scans `text` in block mode for everything, collecting raw hits.
     pub fn scan(&self, scratch: &Scratch, text: &[u8], hits: &mut Hits) {
+        self.scan_in(Scope::ALL, scratch, text, hits);
+    }
+
+    /// Scans `text` in block mode for what `scope` asks, collecting raw
+    /// hits. Scan errors (none expected: the scratch fits and is not in
+    /// use) leave the hits found so far.
+    pub fn scan_in(&self, scope: Scope, scratch: &Scratch, text: &[u8], hits: &mut Hits) {
         hits.clear();
         if text.is_empty() {
             return;
         }
-        let meta = &self.meta;
-        let _ = self
-            .db
-            .scan(text, scratch, |id: u32, from: u64, to: u64, _| {
-                match meta[id as usize].kind {
-                    Kind::Entity(_) => hits.candidates.push((id, from as usize, to as usize)),
-                    Kind::Injection(c) => hits.injection |= 1 << c,
-                    Kind::Deny(_) => hits.deny = true,
-                }
+        let meta = &self.meta[..];
+        let whole = |db: &BlockDatabase, hits: &mut Hits| {
+            let _ = db.scan(text, scratch, |id: u32, from: u64, to: u64, _| {
+                hits.record(meta, id, from as usize, to as usize);
                 Matching::Continue
             });
+        };
+        if scope.entities {
+            if let Some(db) = &self.anchored {
+                whole(db, hits);
+            }
+            if let Some(n) = &self.numeric {
+                n.runs.windows(text, |w| {
+                    let base = w.start;
+                    let _ =
+                        n.db.scan(&text[w], scratch, |id: u32, from: u64, to: u64, _| {
+                            hits.record(meta, id, base + from as usize, base + to as usize);
+                            Matching::Continue
+                        });
+                });
+            }
+        }
+        if let Some(db) = &self.user {
+            if scope.entities && self.user_entities || scope.deny && self.user_deny {
+                whole(db, hits);
+                if !scope.deny {
+                    hits.deny = false;
+                }
+                if !scope.entities {
+                    hits.candidates.clear();
+                }
+            }
+        }
+        if let (true, Some(inj)) = (scope.injection, &self.injection) {
+            if let Some(db) = &inj.direct {
+                whole(db, hits);
+            }
+            if let Some(g) = &inj.gated {
+                let anchored = g.gates.iter().any(|gate| {
+                    let mut found = false;
+                    let _ = gate.scan(text, scratch, |_, _, _, _| {
+                        found = true;
+                        Matching::Terminate
+                    });
+                    found
+                });
+                if anchored {
+                    whole(&g.full, hits);
+                }
+            }
+        }
     }
 
     /// Validates candidates and keeps the leftmost-longest ones that do not
@@ -284,7 +578,7 @@ impl Scanner {
         last_end
     }
 
-    /// All findings of a whole text.
+    /// All findings of a whole text (and its safety hits in `hits`).
     pub fn findings(
         &self,
         scratch: &Scratch,
@@ -292,8 +586,20 @@ impl Scanner {
         hits: &mut Hits,
         out: &mut Vec<Finding>,
     ) {
+        self.findings_in(Scope::ALL, scratch, text, hits, out);
+    }
+
+    /// The findings of a whole text, scanning for what `scope` asks.
+    pub fn findings_in(
+        &self,
+        scope: Scope,
+        scratch: &Scratch,
+        text: &[u8],
+        hits: &mut Hits,
+        out: &mut Vec<Finding>,
+    ) {
         out.clear();
-        self.scan(scratch, text, hits);
+        self.scan_in(scope, scratch, text, hits);
         if !hits.candidates.is_empty() {
             self.select(text, hits, 0, usize::MAX, 0, out);
         }

@@ -13,7 +13,7 @@
 //! A second stage puts pseudonyms back (`<EMAIL_1>` -> the client's value),
 //! holding back only a trailing partial placeholder.
 
-use super::scanner::{Finding, Hits, Scanner};
+use super::scanner::{Finding, Hits, Scanner, Scope};
 use hyperscan::Scratch;
 
 /// What a finding becomes on the way out.
@@ -117,7 +117,7 @@ impl TextStream {
     ) {
         let rel = self.released - self.base;
         let last_end = self.last_end.saturating_sub(self.base);
-        scanner.scan(scratch, &self.buf, &mut self.hits);
+        scanner.scan_in(Scope::ENTITIES, scratch, &self.buf, &mut self.hits);
         self.scanned += self.buf.len();
         self.findings.clear();
         let end = scanner.select(&self.buf, &self.hits, rel, h, last_end, &mut self.findings);
