@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most requests embedded in one model call.
-pub const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 8;
 /// Jobs waiting for the embedding thread beyond which lookups are misses:
 /// two batches, so a lookup waits for at most about three model calls
 /// (a few tens of milliseconds on one core) before it is answered.
