@@ -135,21 +135,34 @@ pub fn key_name(raw_with_quotes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 pub fn push_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for &c in s.as_bytes() {
-        match c {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
-                out.push(b"0123456789abcdef"[usize::from(c & 15)]);
-            }
-            _ => out.push(c),
+        if needs_escape(c) {
+            push_escape(out, c);
+        } else {
+            out.push(c);
         }
     }
     out.push(b'"');
+}
+
+/// Whether a byte must be escaped inside a JSON string.
+pub fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\'
+}
+
+/// Appends the escape of a byte for which [`needs_escape`] holds.
+pub fn push_escape(out: &mut Vec<u8>, c: u8) {
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => {
+            out.extend_from_slice(b"\\u00");
+            out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
+            out.push(b"0123456789abcdef"[usize::from(c & 15)]);
+        }
+    }
 }
 
 /// Appends `body` with the value at `range` replaced by `replacement`.

@@ -3,6 +3,7 @@
 //! number value with its path, so the guard can decode exactly the strings
 //! that reach a model and splice back only the ones it changed.
 
+use crate::api::json as api_json;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -88,25 +89,10 @@ pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');
     let mut at = 0;
-    while let Some(k) = text[at..]
-        .iter()
-        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
-    {
+    while let Some(k) = text[at..].iter().position(|&c| api_json::needs_escape(c)) {
         let i = at + k;
         out.extend_from_slice(&text[at..i]);
-        let c = text[i];
-        match c {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                out.push(b"0123456789abcdef"[usize::from(c >> 4)]);
-                out.push(b"0123456789abcdef"[usize::from(c & 15)]);
-            }
-        }
+        api_json::push_escape(out, text[i]);
         at = i + 1;
     }
     out.extend_from_slice(&text[at..]);
