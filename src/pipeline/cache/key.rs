@@ -73,26 +73,28 @@ pub fn request_key(body: &[u8], max_temperature: f64) -> Result<RequestKey, Unca
     // serde_json's map is ordered by key, so serializing is canonical once
     // numbers are too (`0`, `0.0` and `0e0` are the same temperature).
     request.values_mut().for_each(canonical_numbers);
-    let parameters = serde_json::to_vec(&request).map_err(|_| Uncacheable::Shape)?;
     let last_user = messages
         .last()
         .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .and_then(|m| message_text(m.get("content")?));
-    let context: &[Value] = match last_user {
-        Some(_) => &messages[..messages.len() - 1],
-        None => &messages,
+    // One buffer: parameters, 0, the context (all but a final user turn),
+    // then 0 and that turn. JSON never holds a raw 0 byte, so the parts
+    // cannot run into each other; the scope hashes the prefix, the exact
+    // key the whole, and no message is serialized twice.
+    let (context, question_turn) = match last_user {
+        Some(_) => messages.split_at(messages.len() - 1),
+        None => (&messages[..], &[][..]),
     };
-    let context = serde_json::to_vec(context).map_err(|_| Uncacheable::Shape)?;
-    let mut scoped = Vec::with_capacity(parameters.len() + context.len() + 1);
-    scoped.extend_from_slice(&parameters);
-    scoped.push(0);
-    scoped.extend_from_slice(&context);
-    let scope = digest(&SHA256, &scoped);
-    let mut whole = scoped;
-    whole.push(0);
-    let all = serde_json::to_vec(&messages).map_err(|_| Uncacheable::Shape)?;
-    whole.extend_from_slice(&all);
-    let exact = digest(&SHA256, &whole);
+    let mut canonical = Vec::with_capacity(body.len());
+    serde_json::to_writer(&mut canonical, &request).map_err(|_| Uncacheable::Shape)?;
+    canonical.push(0);
+    serde_json::to_writer(&mut canonical, context).map_err(|_| Uncacheable::Shape)?;
+    let scope = digest(&SHA256, &canonical);
+    canonical.push(0);
+    if let Some(turn) = question_turn.first() {
+        serde_json::to_writer(&mut canonical, turn).map_err(|_| Uncacheable::Shape)?;
+    }
+    let exact = digest(&SHA256, &canonical);
     let mut exact_key = [0u8; 32];
     exact_key.copy_from_slice(exact.as_ref());
     let mut scope_word = [0u8; 8];

@@ -81,11 +81,9 @@ impl Outcome {
     }
 }
 
-/// Unix time in seconds (entry ages).
+/// Unix time in seconds (entry ages), from the clock the key expiry uses.
 pub fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::pipeline::auth::unix_now().max(0) as u64
 }
 
 /// The process's cache: opened once at start, kept across reloads.

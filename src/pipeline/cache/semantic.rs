@@ -12,6 +12,7 @@ use super::embed::Embedder;
 use super::metrics::CacheMetrics;
 use super::verify::Verifier;
 use super::{now_s, Namespace};
+use crate::api::request::stable_hash;
 use crate::config::Verify;
 use futures_channel::oneshot;
 use lru::LruCache;
@@ -157,6 +158,9 @@ struct Space {
     entries: HashMap<u64, Entry>,
     /// Use order of the labels, for eviction.
     recency: LruCache<u64, ()>,
+    /// (scope, hash of the question) -> label: finds the entry a repeat of
+    /// the same question replaces without an index search.
+    by_question: HashMap<(u64, u64), u64>,
     next_label: u64,
 }
 
@@ -326,13 +330,13 @@ impl Thread {
             },
         };
         // The same question again (a repeat after expiry): replace it.
-        if let Ok(m) = space.index.filtered_search(vector, 1, |label| {
-            space
+        let asked = (scope, stable_hash(question.as_bytes()));
+        if let Some(&label) = space.by_question.get(&asked) {
+            if space
                 .entries
                 .get(&label)
-                .is_some_and(|e| e.scope == scope && e.question == question)
-        }) {
-            if let Some(&label) = m.keys.first() {
+                .is_some_and(|e| e.question == question)
+            {
                 space.remove(label);
             }
         }
@@ -360,6 +364,7 @@ impl Thread {
                 },
             );
             space.recency.put(label, ());
+            space.by_question.insert(asked, label);
         }
     }
 
@@ -450,13 +455,21 @@ impl Space {
             index,
             entries: HashMap::new(),
             recency: LruCache::unbounded(),
+            by_question: HashMap::new(),
             next_label: 0,
         })
     }
 
     fn remove(&mut self, label: u64) {
         let _ = self.index.remove(label);
-        self.entries.remove(&label);
         self.recency.pop(&label);
+        if let Some(entry) = self.entries.remove(&label) {
+            let asked = (entry.scope, stable_hash(entry.question.as_bytes()));
+            // Only when it still names this entry (a hash collision may
+            // have pointed it at a newer one).
+            if self.by_question.get(&asked) == Some(&label) {
+                self.by_question.remove(&asked);
+            }
+        }
     }
 }
