@@ -537,7 +537,80 @@ fn bench_small(c: &mut Criterion) {
     g.bench_function("request_and_answer_283B", |b| {
         b.iter(|| small_request(guard, &gw, true))
     });
+    // The same answer streamed: 20 events of a few words each (one email
+    // split over two events), fed one event at a time as they arrive.
+    let events = small_stream();
+    let mut out = Vec::new();
+    small_stream_through(guard, &gw, &events, &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("[EMAIL]") && !text.contains("example.org"),
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    g.bench_function("stream_20_events", |b| {
+        b.iter(|| {
+            out.clear();
+            small_stream_through(guard, &gw, black_box(&events), &mut out);
+            black_box(out.len())
+        })
+    });
     g.finish();
+}
+
+/// 20 chat-completion chunks and `[DONE]`, one SSE event each.
+fn small_stream() -> Vec<Vec<u8>> {
+    let words = [
+        "Sure, ",
+        "I ",
+        "will ",
+        "write ",
+        "to ",
+        "anna.de",
+        "vries@example.org ",
+        "today ",
+        "and ",
+        "keep ",
+        "the ",
+        "answer ",
+        "short, ",
+        "as ",
+        "a ",
+        "gateway ",
+        "should ",
+        "add ",
+        "little ",
+        "latency.",
+    ];
+    let mut events: Vec<Vec<u8>> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let finish = if i + 1 == words.len() {
+                "\"stop\""
+            } else {
+                "null"
+            };
+            format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":{finish}}}]}}\n\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    events.push(b"data: [DONE]\n\n".to_vec());
+    events
+}
+
+/// The request side once, then the answer filter over `events`.
+fn small_stream_through(guard: &Guard, gw: &GuardWorker, events: &[Vec<u8>], out: &mut Vec<u8>) {
+    let i = guard
+        .inspect_request(gw, None, black_box(SMALL_BODY))
+        .expect("allowed");
+    let mut filter = i.filter.expect("answers are scanned");
+    for e in events {
+        filter.events(e, out).expect("passes");
+    }
+    filter.finish(out).expect("passes");
 }
 
 criterion_group!(
