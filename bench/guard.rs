@@ -10,7 +10,8 @@
 //! entity patterns in one database, the layout before the split;
 //! `GUARD_BENCH_CPU=1` first prints the main figures in thread CPU time,
 //! best of many runs, which a machine busy with other work disturbs less
-//! than criterion's wall-clock times).
+//! than criterion's wall-clock times; `GUARD_BENCH_LAYOUT=1` prints each
+//! entity pattern's prose throughput alone and in a growing database).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice::config::{parse_str, snapshot::Snapshot};
@@ -152,6 +153,67 @@ fn one_database(entities: &[&str]) -> (hyperscan::BlockDatabase, hyperscan::Scra
     let db: BlockDatabase = Patterns(patterns).build().expect("compile");
     let scratch = db.alloc_scratch().expect("scratch");
     (db, scratch)
+}
+
+/// `GUARD_BENCH_LAYOUT=1`: where the one-database layout loses its speed
+/// (docs/pii.md, "Database layout"), in thread CPU time on the prose: each
+/// entity pattern alone, then a database growing by one pattern at a time
+/// (in `BUILTINS` order), then the groups the scanner uses. Also prints
+/// what Hyperscan compiled the database for (`hs_database_info`).
+fn layout_summary(_: &mut Criterion) {
+    use hyperscan::prelude::*;
+    use hyperscan::CompileFlags;
+    use sluice::pipeline::guard::entities::{Placement, BUILTINS};
+    if std::env::var_os("GUARD_BENCH_LAYOUT").is_none() {
+        return;
+    }
+    let text = prose(1 << 20, 1, |_| {});
+    let all: Vec<(String, Pattern, Placement)> = BUILTINS
+        .iter()
+        .flat_map(|b| {
+            b.patterns.iter().enumerate().map(move |(i, bp)| {
+                let mut flags = CompileFlags::SOM_LEFTMOST;
+                if bp.caseless {
+                    flags |= CompileFlags::CASELESS;
+                }
+                let p = Pattern::with_flags(bp.expression, flags).expect("pattern");
+                (format!("{}#{i}", b.name), p, bp.placement)
+            })
+        })
+        .collect();
+    let measure = |patterns: Vec<Pattern>| {
+        let mut patterns = patterns;
+        for (i, p) in patterns.iter_mut().enumerate() {
+            p.id = Some(i);
+        }
+        let db: BlockDatabase = Patterns(patterns).build().expect("compile");
+        let scratch = db.alloc_scratch().expect("scratch");
+        let t = best_cpu(15, || {
+            let _ = db.scan(text.as_bytes(), &scratch, |_, _, _, _| Matching::Continue);
+        });
+        (1.0 / t / 1024.0, db.info().unwrap_or_default())
+    };
+    eprintln!("prose 1 MiB, thread CPU time, GiB/s:");
+    for (name, p, _) in &all {
+        eprintln!("  alone   {name:14} {:6.2}", measure(vec![p.clone()]).0);
+    }
+    for k in 1..=all.len() {
+        let set = all[..k].iter().map(|(_, p, _)| p.clone()).collect();
+        eprintln!("  growing +{:13} {:6.2}", all[k - 1].0, measure(set).0);
+    }
+    for placement in [Placement::Anchored, Placement::Numeric] {
+        let set = all
+            .iter()
+            .filter(|(_, _, pl)| *pl == placement)
+            .map(|(_, p, _)| p.clone())
+            .collect();
+        eprintln!(
+            "  {placement:?} patterns in one database, whole text: {:6.2}",
+            measure(set).0
+        );
+    }
+    let (speed, info) = measure(all.iter().map(|(_, p, _)| p.clone()).collect());
+    eprintln!("  all in one database: {speed:6.2} ({info})");
 }
 
 /// Seconds of this thread's CPU time.
@@ -475,11 +537,85 @@ fn bench_small(c: &mut Criterion) {
     g.bench_function("request_and_answer_283B", |b| {
         b.iter(|| small_request(guard, &gw, true))
     });
+    // The same answer streamed: 20 events of a few words each (one email
+    // split over two events), fed one event at a time as they arrive.
+    let events = small_stream();
+    let mut out = Vec::new();
+    small_stream_through(guard, &gw, &events, &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("[EMAIL]") && !text.contains("example.org"),
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    g.bench_function("stream_20_events", |b| {
+        b.iter(|| {
+            out.clear();
+            small_stream_through(guard, &gw, black_box(&events), &mut out);
+            black_box(out.len())
+        })
+    });
     g.finish();
+}
+
+/// 20 chat-completion chunks and `[DONE]`, one SSE event each.
+fn small_stream() -> Vec<Vec<u8>> {
+    let words = [
+        "Sure, ",
+        "I ",
+        "will ",
+        "write ",
+        "to ",
+        "anna.de",
+        "vries@example.org ",
+        "today ",
+        "and ",
+        "keep ",
+        "the ",
+        "answer ",
+        "short, ",
+        "as ",
+        "a ",
+        "gateway ",
+        "should ",
+        "add ",
+        "little ",
+        "latency.",
+    ];
+    let mut events: Vec<Vec<u8>> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let finish = if i + 1 == words.len() {
+                "\"stop\""
+            } else {
+                "null"
+            };
+            format!(
+                "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"bench-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":{finish}}}]}}\n\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    events.push(b"data: [DONE]\n\n".to_vec());
+    events
+}
+
+/// The request side once, then the answer filter over `events`.
+fn small_stream_through(guard: &Guard, gw: &GuardWorker, events: &[Vec<u8>], out: &mut Vec<u8>) {
+    let i = guard
+        .inspect_request(gw, None, black_box(SMALL_BODY))
+        .expect("allowed");
+    let mut filter = i.filter.expect("answers are scanned");
+    for e in events {
+        filter.events(e, out).expect("passes");
+    }
+    filter.finish(out).expect("passes");
 }
 
 criterion_group!(
     benches,
+    layout_summary,
     cpu_summary,
     bench_scanner,
     bench_request,

@@ -50,12 +50,24 @@ pub struct GuardFilter {
     metrics: Rc<GuardMetrics>,
     choices: Vec<Choice>,
     hits: Hits,
-    /// Buffers reused across the texts of an answer.
+    /// Buffers reused across the texts of an answer and across events.
     findings: Vec<Finding>,
     masked: Vec<u8>,
+    released: Vec<u8>,
+    text_out: Vec<u8>,
+    parts: EventParts,
     /// The last chunk's JSON: id, object, created and model of events
     /// that carry held-back text.
     template: Vec<u8>,
+}
+
+/// What the walk of one event found, per choice (its position in the
+/// array): text ranges, `index` values, finishes.
+#[derive(Default)]
+struct EventParts {
+    texts: Vec<(usize, Range<usize>)>,
+    indexes: Vec<(usize, u64)>,
+    finished: Vec<usize>,
 }
 
 fn deny_error() -> GatewayError {
@@ -89,6 +101,9 @@ impl GuardFilter {
             hits: Hits::default(),
             findings: Vec::new(),
             masked: Vec::new(),
+            released: Vec::new(),
+            text_out: Vec::new(),
+            parts: EventParts::default(),
             template: Vec::new(),
         }))
     }
@@ -191,7 +206,8 @@ impl GuardFilter {
                 return Err(deny_error());
             }
         }
-        let mut released = Vec::new();
+        let mut released = std::mem::take(&mut self.released);
+        released.clear();
         if self.scan {
             let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
             choice
@@ -201,6 +217,7 @@ impl GuardFilter {
             released.extend_from_slice(piece);
         }
         choice.restore.push(&self.pseudonyms, &released, out);
+        self.released = released;
         Ok(())
     }
 
@@ -243,10 +260,16 @@ impl GuardFilter {
             out.extend_from_slice(event);
             return Ok(());
         }
-        // (choice position in array, index value, text range, finish)
-        let mut texts: Vec<(usize, Range<usize>)> = Vec::new();
-        let mut indexes: Vec<(usize, u64)> = Vec::new();
-        let mut finished: Vec<usize> = Vec::new();
+        // Buffers kept from the last event.
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.texts.clear();
+        parts.indexes.clear();
+        parts.finished.clear();
+        let EventParts {
+            texts,
+            indexes,
+            finished,
+        } = &mut parts;
         let walked = json::walk(payload, &|k| k == "choices", &mut |path, r, kind| {
             let [c, Seg::Idx(k), rest @ ..] = path else {
                 return;
@@ -266,10 +289,31 @@ impl GuardFilter {
                 _ => {}
             }
         });
-        if walked.is_none() {
+        let result = if walked.is_none() {
             out.extend_from_slice(event);
-            return Ok(());
-        }
+            Ok(())
+        } else {
+            self.event_texts(scratch, event, (payload, range), &parts, out)
+        };
+        self.parts = parts;
+        result
+    }
+
+    /// The rest of `event` (its `data:` payload and the payload's range in
+    /// it): the choices' texts go through their streams.
+    fn event_texts(
+        &mut self,
+        scratch: &Scratch,
+        event: &[u8],
+        (payload, range): (&[u8], Range<usize>),
+        parts: &EventParts,
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError> {
+        let EventParts {
+            texts,
+            indexes,
+            finished,
+        } = parts;
         self.template.clear();
         self.template.extend_from_slice(payload);
         let index_of = |k: usize| {
@@ -278,15 +322,19 @@ impl GuardFilter {
                 .find(|(p, _)| *p == k)
                 .map_or(k as u64, |(_, v)| *v)
         };
-        let mut new_payload = Vec::with_capacity(payload.len());
+        // Allocated only when a text changes.
+        let mut new_payload = Vec::new();
         let mut at = 0;
-        let mut text_out = Vec::new();
+        let mut text_out = std::mem::take(&mut self.text_out);
         let mut synthetic = Vec::new();
-        for (k, r) in &texts {
+        for (k, r) in texts {
             let text = json::decode(&payload[r.clone()]).ok_or_else(deny_error)?;
             let c = self.choice(index_of(*k))?;
             text_out.clear();
-            self.piece(scratch, c, text.as_bytes(), &mut text_out)?;
+            if let Err(e) = self.piece(scratch, c, text.as_bytes(), &mut text_out) {
+                self.text_out = text_out;
+                return Err(e);
+            }
             if finished.contains(k) {
                 self.flush(scratch, c, &mut text_out);
             } else {
@@ -298,9 +346,10 @@ impl GuardFilter {
                 at = r.end;
             }
         }
+        self.text_out = text_out;
         // Choices that finish in an event without text: their held text
         // goes out in an event of its own just before.
-        for k in &finished {
+        for k in finished {
             if texts.iter().any(|(t, _)| t == k) {
                 continue;
             }
@@ -410,12 +459,15 @@ fn split_events(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let lf = memchr::memmem::find(rest, b"\n\n").map(|i| i + 2);
-        let crlf = memchr::memmem::find(rest, b"\r\n\r\n").map(|i| i + 4);
-        let n = match (lf, crlf) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(rest.len()),
-        };
+        // The first blank line, `\n\n` or `\r\n\r\n`: one pass over the
+        // line feeds instead of a substring search for each.
+        let n = memchr::memchr_iter(b'\n', rest)
+            .find_map(|i| match &rest[i + 1..] {
+                [b'\n', ..] => Some(i + 2),
+                [b'\r', b'\n', ..] if i > 0 && rest[i - 1] == b'\r' => Some(i + 3),
+                _ => None,
+            })
+            .unwrap_or(rest.len());
         let (ev, r) = rest.split_at(n);
         rest = r;
         Some(ev)
@@ -518,5 +570,51 @@ impl AnswerFilter for GuardFilter {
             self.flush_all(scratch, out);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events as the two substring searches split them.
+    fn reference(buf: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let lf = memchr::memmem::find(rest, b"\n\n").map(|i| i + 2);
+            let crlf = memchr::memmem::find(rest, b"\r\n\r\n").map(|i| i + 4);
+            let n = match (lf, crlf) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(rest.len()),
+            };
+            let (ev, r) = rest.split_at(n);
+            out.push(ev);
+            rest = r;
+        }
+        out
+    }
+
+    #[test]
+    fn splits_events_at_the_first_blank_line() {
+        let inputs: [&[u8]; 9] = [
+            b"data: a\n\ndata: b\n\n",
+            b"data: a\r\n\r\ndata: b\r\n\r\n",
+            b"data: a\n\r\n\ndata: b",
+            b"\n\n\n",
+            b"\r\n\r\n\r\n",
+            b"x\n\r\ny\r\n\n",
+            b"data: cut short",
+            b"\r\r\n\r\n",
+            b"",
+        ];
+        for input in inputs {
+            assert_eq!(
+                split_events(input).collect::<Vec<_>>(),
+                reference(input),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 }

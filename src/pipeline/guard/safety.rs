@@ -3,9 +3,10 @@
 //! docs/pii.md; each pattern names a phrase that has no business in an
 //! ordinary prompt.
 //!
-//! Anchors: together the patterns scan prose at ~1.2 GiB/s (their literals
-//! include short, frequent words), while a search for their sixteen anchor
-//! words runs at ~5.6 GiB/s (docs/pii.md, "Database layout"). Every match
+//! Anchors: together the patterns scan prose at ~1.2 GiB/s (about the sum
+//! of their costs alone, 5-41 GiB/s each), while a search for their
+//! sixteen anchor words takes ~150 us per MiB (docs/pii.md, "Database
+//! layout"). Every match
 //! of a pattern contains one of its anchors (case-insensitively), so the
 //! scanner runs the word patterns only on texts where an anchor occurs
 //! (`scanner.rs`); a text without one cannot match. An anchor is a word the

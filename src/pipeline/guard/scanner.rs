@@ -200,6 +200,8 @@ pub struct Scanner {
     pub entities: Vec<EntityMeta>,
     /// Widest entity match: the left context a stream keeps.
     pub max_width: usize,
+    /// The entity patterns' hold-back rules (`open_start`).
+    holds: Vec<HoldRule>,
 }
 
 /// The entity and safety inputs of one scanner.
@@ -423,6 +425,7 @@ impl Scanner {
             user_entities,
             injection,
             deny_stream,
+            holds: hold_rules(&meta),
             meta,
             entities,
             max_width,
@@ -611,15 +614,12 @@ impl Scanner {
     pub fn open_start(&self, text: &[u8], floor: usize) -> usize {
         let n = text.len();
         let mut open = n;
-        for m in &self.meta {
-            if !matches!(m.kind, Kind::Entity(_)) {
-                continue;
-            }
-            let reach = n.saturating_sub(m.width).max(floor);
-            let start = match m.open {
-                OpenRule::Class(class) => trailing_run(text, reach, class),
-                OpenRule::Window => reach,
-                OpenRule::Bearer => {
+        for h in &self.holds {
+            let reach = n.saturating_sub(h.width).max(floor);
+            let start = match &h.rule {
+                Hold::Class(class) => trailing_run(text, reach, |c| class[usize::from(c)]),
+                Hold::Window => reach,
+                Hold::Bearer => {
                     let t = trailing_run(text, reach, entities::bearer_token_byte);
                     let w = trailing_run(&text[..t], reach, |c| c == b' ' || c == b'\t');
                     if w >= reach + 6 && text[w - 6..w].eq_ignore_ascii_case(b"bearer") {
@@ -628,7 +628,7 @@ impl Scanner {
                         t
                     }
                 }
-                OpenRule::PrivateKey => {
+                Hold::PrivateKey => {
                     let tail = &text[reach..];
                     match memchr::memmem::find(tail, b"-----BEGIN") {
                         Some(i) => reach + i,
@@ -640,6 +640,62 @@ impl Scanner {
         }
         open
     }
+}
+
+/// An entity pattern's `OpenRule` with its class as a table.
+enum Hold {
+    Class(Box<[bool; 256]>),
+    Window,
+    Bearer,
+    PrivateKey,
+}
+
+/// One hold-back rule and the widest match it covers.
+struct HoldRule {
+    rule: Hold,
+    width: usize,
+}
+
+/// The hold-back rules of the entity patterns, one per distinct rule with
+/// the widest width among its patterns. For a class, a window or a fixed
+/// rule, the widest pattern's start is the earliest of all of them (a
+/// trailing run bounded further back includes the nearer bounds), so
+/// `open_start` gives the same answer as with one rule per pattern, with
+/// the class tested by table instead of by a call per byte.
+fn hold_rules(meta: &[PatternMeta]) -> Vec<HoldRule> {
+    let mut rules: Vec<HoldRule> = Vec::new();
+    for m in meta {
+        if !matches!(m.kind, Kind::Entity(_)) {
+            continue;
+        }
+        let rule = match m.open {
+            OpenRule::Class(class) => {
+                let mut table = Box::new([false; 256]);
+                for (b, slot) in table.iter_mut().enumerate() {
+                    *slot = class(b as u8);
+                }
+                Hold::Class(table)
+            }
+            OpenRule::Window => Hold::Window,
+            OpenRule::Bearer => Hold::Bearer,
+            OpenRule::PrivateKey => Hold::PrivateKey,
+        };
+        let same = rules.iter_mut().find(|r| match (&r.rule, &rule) {
+            (Hold::Class(a), Hold::Class(b)) => a == b,
+            (Hold::Window, Hold::Window)
+            | (Hold::Bearer, Hold::Bearer)
+            | (Hold::PrivateKey, Hold::PrivateKey) => true,
+            _ => false,
+        });
+        match same {
+            Some(r) => r.width = r.width.max(m.width),
+            None => rules.push(HoldRule {
+                rule,
+                width: m.width,
+            }),
+        }
+    }
+    rules
 }
 
 /// Start of the run of `class` bytes that ends `text`, not before `floor`.
