@@ -177,3 +177,63 @@ fn pseudonymize_round_trip_streamed() {
     );
     assert!(events.last().unwrap().contains("[DONE]"));
 }
+
+/// The arguments of the answer's first tool call, accumulated over the
+/// stream's events as an OpenAI client does.
+fn streamed_tool_arguments(events: &[String]) -> (String, Value) {
+    let mut args = String::new();
+    let mut first = Value::Null;
+    for e in events {
+        let data = e.trim_start_matches("data: ").trim();
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap_or_else(|_| panic!("event {e:?}"));
+        let call = &v["choices"][0]["delta"]["tool_calls"][0];
+        if first.is_null() && !call.is_null() {
+            first = call.clone();
+        }
+        if let Some(a) = call["function"]["arguments"].as_str() {
+            args.push_str(a);
+        }
+    }
+    (args, first)
+}
+
+#[test]
+fn pseudonymize_round_trip_through_tool_calls() {
+    let (_mock, gw) = start("pseudonymize");
+    // The model calls a tool with the placeholder it was given and an
+    // address of its own: the client gets its value back and the new
+    // address masked, in whole and in streamed answers.
+    let arguments = r#"{"to": "<EMAIL_1>", "cc": "other@example.com", "subject": "the report"}"#;
+    let expected = r#"{"to": "jan@example.nl", "cc": "[EMAIL]", "subject": "the report"}"#;
+    let headers = [
+        ("x-mock-content", arguments),
+        ("x-mock-tool-call", "send_mail"),
+        ("x-mock-chunks", "7"),
+    ];
+    let body = chat_with("Mail the report to jan@example.nl", false);
+    let resp = gw.request(&post("/v1/chat/completions", body.as_bytes(), &headers));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let call = &resp.json()["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["arguments"], expected, "{call}");
+    assert_eq!(call["function"]["name"], "send_mail");
+
+    let body = chat_with("Mail the report to jan@example.nl", true);
+    let mut conn = gw.connect();
+    conn.send(&post("/v1/chat/completions", body.as_bytes(), &headers));
+    let (_head, events) = read_sse(&mut conn);
+    let (args, first) = streamed_tool_arguments(&events);
+    assert_eq!(args, expected, "{events:?}");
+    assert_eq!(first["id"], "call_1", "{events:?}");
+    assert_eq!(first["function"]["name"], "send_mail", "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(r#""finish_reason":"tool_calls""#)),
+        "{events:?}"
+    );
+    assert!(events.last().unwrap().contains("[DONE]"));
+    let _: Value = serde_json::from_str(&args).expect("the arguments stay JSON");
+}

@@ -2,7 +2,9 @@
 //! tests. Per request (headers) or per server (defaults) it answers with a
 //! fixed completion, an SSE stream with chosen chunking and delays, an
 //! error status, a reset mid-stream, a hang, or an echo of what it
-//! received. `GET /mock/stats` tells what it saw, e.g. streams whose
+//! received; `x-mock-tool-call: NAME` turns a chat answer into a call of
+//! that function with the content as its arguments (streamed in pieces
+//! like text). `GET /mock/stats` tells what it saw, e.g. streams whose
 //! client went away.
 
 use crate::http::body::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
@@ -211,6 +213,8 @@ struct MockRequest {
     status: u16,
     reset_after: Option<usize>,
     content: String,
+    /// Answer with a call of this function, `content` as its arguments.
+    tool_call: Option<String>,
 }
 
 impl MockRequest {
@@ -244,6 +248,7 @@ impl MockRequest {
             status: num("x-mock-status", u64::from(d.status)) as u16,
             reset_after: get("x-mock-reset-after").and_then(|v| v.parse().ok()),
             content: get("x-mock-content").unwrap_or_else(|| d.content.clone()),
+            tool_call: get("x-mock-tool-call"),
             json: serde_json::from_slice(&body).ok(),
             headers,
             body,
@@ -353,7 +358,10 @@ fn is_chat(req: &MockRequest) -> bool {
 
 fn completion(req: &MockRequest, content: &str) -> Value {
     let output = content.split_whitespace().count().max(1) as u64;
-    let choice = if is_chat(req) {
+    let choice = if let (true, Some(name)) = (is_chat(req), &req.tool_call) {
+        let call = json!({"id": "call_1", "type": "function", "function": {"name": name, "arguments": content}});
+        json!({"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [call]}, "finish_reason": "tool_calls"})
+    } else if is_chat(req) {
         json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"})
     } else {
         json!({"index": 0, "text": content, "finish_reason": "stop"})
@@ -433,11 +441,26 @@ async fn stream_answer(
     let chunks = req.chunks.max(1);
     let per = words.len().div_ceil(chunks).max(1);
     let model = req.model();
+    let tool_call = req.tool_call.as_ref().filter(|_| is_chat(req));
     let mut events: Vec<Value> = (0..chunks)
         .map(|i| {
             let piece: String = words.iter().skip(i * per).take(per).copied().collect();
-            let finish = if i + 1 == chunks { json!("stop") } else { Value::Null };
-            let choice = if is_chat(req) {
+            let last = i + 1 == chunks;
+            let finish = match (last, tool_call) {
+                (false, _) => Value::Null,
+                (true, Some(_)) => json!("tool_calls"),
+                (true, None) => json!("stop"),
+            };
+            let choice = if let Some(name) = tool_call {
+                // As OpenAI streams a call: id, type and name first, then
+                // the arguments in pieces.
+                let call = if i == 0 {
+                    json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": piece}})
+                } else {
+                    json!({"index": 0, "function": {"arguments": piece}})
+                };
+                json!({"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": finish})
+            } else if is_chat(req) {
                 json!({"index": 0, "delta": {"content": piece}, "finish_reason": finish})
             } else {
                 json!({"index": 0, "text": piece, "finish_reason": finish})

@@ -1,10 +1,11 @@
 //! The answer side: an `AnswerFilter` that masks PII in completions (the
 //! policy's `scan_responses`), puts pseudonyms back, and cuts an answer that
 //! hits a deny pattern. Whole answers are rewritten string by string;
-//! streams are parsed event by event, each choice's delta text going
-//! through its own `TextStream` (exact hold-back masking), `Restore`
-//! (pseudonyms) and Hyperscan stream (deny patterns). Event framing, ids
-//! and every other field pass through as received.
+//! streams are parsed event by event, each choice's delta text and each of
+//! its tool calls' argument text going through its own `TextStream`
+//! (exact hold-back masking), `Restore` (pseudonyms) and Hyperscan stream
+//! (deny patterns). Event framing, ids and every other field pass through
+//! as received.
 
 use super::json::{self, Scalar, Seg};
 use super::metrics::{Direction, GuardMetrics};
@@ -31,8 +32,12 @@ impl Replace for Keep {
     }
 }
 
-struct Choice {
+/// One text of a streamed answer: a choice's content, or the arguments
+/// of one of its tool calls.
+struct Channel {
     index: u64,
+    /// The tool call's `index`; `None` for the content.
+    tool: Option<u64>,
     text: TextStream,
     restore: Restore,
     deny: Option<Stream>,
@@ -48,7 +53,7 @@ pub struct GuardFilter {
     deny: bool,
     scratch: Rc<RefCell<Option<Scratch>>>,
     metrics: Rc<GuardMetrics>,
-    choices: Vec<Choice>,
+    channels: Vec<Channel>,
     hits: Hits,
     /// Buffers reused across the texts of an answer and across events.
     findings: Vec<Finding>,
@@ -62,12 +67,39 @@ pub struct GuardFilter {
 }
 
 /// What the walk of one event found, per choice (its position in the
-/// array): text ranges, `index` values, finishes.
+/// array): text ranges (with the tool call's position in `tool_calls`
+/// for arguments), `index` values of choices and of tool calls, finishes.
 #[derive(Default)]
 struct EventParts {
-    texts: Vec<(usize, Range<usize>)>,
+    texts: Vec<(usize, Option<usize>, Range<usize>)>,
     indexes: Vec<(usize, u64)>,
+    tool_indexes: Vec<(usize, usize, u64)>,
     finished: Vec<usize>,
+}
+
+impl EventParts {
+    fn clear(&mut self) {
+        self.texts.clear();
+        self.indexes.clear();
+        self.tool_indexes.clear();
+        self.finished.clear();
+    }
+
+    /// The choice's `index` (its position when the event has none).
+    fn index_of(&self, k: usize) -> u64 {
+        self.indexes
+            .iter()
+            .find(|(p, _)| *p == k)
+            .map_or(k as u64, |(_, v)| *v)
+    }
+
+    /// The `index` of the tool call at position `j` of choice `k`.
+    fn tool_index_of(&self, k: usize, j: usize) -> u64 {
+        self.tool_indexes
+            .iter()
+            .find(|(p, q, _)| *p == k && *q == j)
+            .map_or(j as u64, |(_, _, v)| *v)
+    }
 }
 
 fn deny_error() -> GatewayError {
@@ -97,7 +129,7 @@ impl GuardFilter {
             deny: guard.has_deny,
             scratch: gw.scratch.clone(),
             metrics: gw.metrics.clone(),
-            choices: Vec::new(),
+            channels: Vec::new(),
             hits: Hits::default(),
             findings: Vec::new(),
             masked: Vec::new(),
@@ -167,8 +199,14 @@ impl GuardFilter {
         Ok(())
     }
 
-    fn choice(&mut self, index: u64) -> Result<usize, GatewayError> {
-        if let Some(i) = self.choices.iter().position(|c| c.index == index) {
+    /// The channel of a choice's content (`tool: None`) or of one of its
+    /// tool calls, opened on first use.
+    fn channel(&mut self, index: u64, tool: Option<u64>) -> Result<usize, GatewayError> {
+        if let Some(i) = self
+            .channels
+            .iter()
+            .position(|c| c.index == index && c.tool == tool)
+        {
             return Ok(i);
         }
         let deny = match (self.deny, self.scanner.deny_stream()) {
@@ -177,16 +215,17 @@ impl GuardFilter {
             })?),
             _ => None,
         };
-        self.choices.push(Choice {
+        self.channels.push(Channel {
             index,
+            tool,
             text: TextStream::default(),
             restore: Restore::default(),
             deny,
         });
-        Ok(self.choices.len() - 1)
+        Ok(self.channels.len() - 1)
     }
 
-    /// One piece of a choice's delta text; appends what the client gets.
+    /// One piece of a channel's text; appends what the client gets.
     fn piece(
         &mut self,
         scratch: &Scratch,
@@ -194,7 +233,7 @@ impl GuardFilter {
         piece: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
-        let choice = &mut self.choices[c];
+        let choice = &mut self.channels[c];
         if let Some(stream) = &choice.deny {
             let mut hit = false;
             let _ = stream.scan(piece, scratch, |_, _, _, _| {
@@ -221,9 +260,10 @@ impl GuardFilter {
         Ok(())
     }
 
-    /// The choice's text ended: release what was held.
+    /// The channel's text ended: release what was held. Flushing again
+    /// releases nothing.
     fn flush(&mut self, scratch: &Scratch, c: usize, out: &mut Vec<u8>) {
-        let choice = &mut self.choices[c];
+        let choice = &mut self.channels[c];
         let mut released = Vec::new();
         if self.scan {
             let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
@@ -240,7 +280,7 @@ impl GuardFilter {
     }
 
     fn count_stream(&mut self, c: usize) {
-        let found = std::mem::take(&mut self.choices[c].text.found);
+        let found = std::mem::take(&mut self.channels[c].text.found);
         self.count(&found);
     }
 
@@ -262,12 +302,11 @@ impl GuardFilter {
         }
         // Buffers kept from the last event.
         let mut parts = std::mem::take(&mut self.parts);
-        parts.texts.clear();
-        parts.indexes.clear();
-        parts.finished.clear();
+        parts.clear();
         let EventParts {
             texts,
             indexes,
+            tool_indexes,
             finished,
         } = &mut parts;
         let walked = json::walk(payload, &|k| k == "choices", &mut |path, r, kind| {
@@ -277,11 +316,29 @@ impl GuardFilter {
             if !c.is("choices") {
                 return;
             }
+            let number = |r: Range<usize>| std::str::from_utf8(&payload[r]).ok()?.parse().ok();
             match (rest, kind) {
-                ([d, t], Scalar::String) if d.is("delta") && t.is("content") => texts.push((*k, r)),
-                ([t], Scalar::String) if t.is("text") => texts.push((*k, r)),
+                ([d, t], Scalar::String) if d.is("delta") && t.is("content") => {
+                    texts.push((*k, None, r))
+                }
+                ([t], Scalar::String) if t.is("text") => texts.push((*k, None, r)),
+                ([d, tc, Seg::Idx(j), f, a], Scalar::String)
+                    if d.is("delta")
+                        && tc.is("tool_calls")
+                        && f.is("function")
+                        && a.is("arguments") =>
+                {
+                    texts.push((*k, Some(*j), r))
+                }
+                ([d, tc, Seg::Idx(j), i], Scalar::Other)
+                    if d.is("delta") && tc.is("tool_calls") && i.is("index") =>
+                {
+                    if let Some(v) = number(r) {
+                        tool_indexes.push((*k, *j, v));
+                    }
+                }
                 ([i], Scalar::Other) if i.is("index") => {
-                    if let Ok(v) = std::str::from_utf8(&payload[r]).unwrap_or("").parse() {
+                    if let Some(v) = number(r) {
                         indexes.push((*k, v));
                     }
                 }
@@ -300,7 +357,7 @@ impl GuardFilter {
     }
 
     /// The rest of `event` (its `data:` payload and the payload's range in
-    /// it): the choices' texts go through their streams.
+    /// it): the choices' texts go through their channels.
     fn event_texts(
         &mut self,
         scratch: &Scratch,
@@ -310,26 +367,31 @@ impl GuardFilter {
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
         let EventParts {
-            texts,
-            indexes,
-            finished,
+            texts, finished, ..
         } = parts;
         self.template.clear();
         self.template.extend_from_slice(payload);
-        let index_of = |k: usize| {
-            indexes
-                .iter()
-                .find(|(p, _)| *p == k)
-                .map_or(k as u64, |(_, v)| *v)
-        };
         // Allocated only when a text changes.
         let mut new_payload = Vec::new();
         let mut at = 0;
         let mut text_out = std::mem::take(&mut self.text_out);
         let mut synthetic = Vec::new();
-        for (k, r) in texts {
+        for (k, j, r) in texts {
             let text = json::decode(&payload[r.clone()]).ok_or_else(deny_error)?;
-            let c = self.choice(index_of(*k))?;
+            let index = parts.index_of(*k);
+            let tool = j.map(|j| parts.tool_index_of(*k, j));
+            let opened = self.channels.len();
+            let c = self.channel(index, tool)?;
+            if tool.is_some() && c == opened {
+                // Tool calls stream one after the other: a new one ends
+                // the earlier calls' arguments.
+                self.flush_before(
+                    scratch,
+                    payload,
+                    |ch| ch.index == index && ch.tool.is_some() && ch.tool != tool,
+                    &mut synthetic,
+                );
+            }
             text_out.clear();
             if let Err(e) = self.piece(scratch, c, text.as_bytes(), &mut text_out) {
                 self.text_out = text_out;
@@ -347,20 +409,11 @@ impl GuardFilter {
             }
         }
         self.text_out = text_out;
-        // Choices that finish in an event without text: their held text
-        // goes out in an event of its own just before.
+        // The other channels of a finished choice: their held text goes
+        // out in events of their own just before this one.
         for k in finished {
-            if texts.iter().any(|(t, _)| t == k) {
-                continue;
-            }
-            let index = index_of(*k);
-            if let Some(c) = self.choices.iter().position(|c| c.index == index) {
-                let mut rest = Vec::new();
-                self.flush(scratch, c, &mut rest);
-                if !rest.is_empty() {
-                    synthetic_event(payload, index, &rest, &mut synthetic);
-                }
-            }
+            let index = parts.index_of(*k);
+            self.flush_before(scratch, payload, |ch| ch.index == index, &mut synthetic);
         }
         out.extend_from_slice(&synthetic);
         if at == 0 {
@@ -374,20 +427,39 @@ impl GuardFilter {
         Ok(())
     }
 
-    /// Releases every choice's held text as events of their own.
-    fn flush_all(&mut self, scratch: &Scratch, out: &mut Vec<u8>) {
-        for c in 0..self.choices.len() {
-            let mut rest = Vec::new();
+    /// Ends the channels `which` selects, their held text going out as
+    /// events of their own shaped like `template`.
+    fn flush_before(
+        &mut self,
+        scratch: &Scratch,
+        template: &[u8],
+        which: impl Fn(&Channel) -> bool,
+        out: &mut Vec<u8>,
+    ) {
+        let mut rest = Vec::new();
+        for c in 0..self.channels.len() {
+            if !which(&self.channels[c]) {
+                continue;
+            }
+            rest.clear();
             self.flush(scratch, c, &mut rest);
             if !rest.is_empty() {
-                let template = if self.template.is_empty() {
-                    &b"{}"[..]
-                } else {
-                    &self.template
-                };
-                synthetic_event(template, self.choices[c].index, &rest, out);
+                let ch = &self.channels[c];
+                synthetic_event(template, ch.index, ch.tool, &rest, out);
             }
         }
+    }
+
+    /// Releases every channel's held text as events of their own.
+    fn flush_all(&mut self, scratch: &Scratch, out: &mut Vec<u8>) {
+        let template = std::mem::take(&mut self.template);
+        let shape = if template.is_empty() {
+            &b"{}"[..]
+        } else {
+            &template
+        };
+        self.flush_before(scratch, shape, |_| true, out);
+        self.template = template;
     }
 
     fn close_streams(&mut self) {
@@ -395,7 +467,7 @@ impl GuardFilter {
         let Some(scratch) = scratch.as_ref() else {
             return;
         };
-        for c in &mut self.choices {
+        for c in &mut self.channels {
             if let Some(s) = c.deny.take() {
                 let _ = s.close(scratch, ());
             }
@@ -429,16 +501,23 @@ fn data_of(event: &[u8]) -> Option<(&[u8], Range<usize>)> {
     Some((&event[p..end], p..end))
 }
 
-/// An event carrying held-back text for choice `index`, shaped like the
-/// stream's own chunks (id, object, created, model copied from `template`).
-fn synthetic_event(template: &[u8], index: u64, text: &[u8], out: &mut Vec<u8>) {
+/// An event carrying held-back text for choice `index` (for its tool call
+/// `tool`'s arguments), shaped like the stream's own chunks (id, object,
+/// created, model copied from `template`).
+fn synthetic_event(template: &[u8], index: u64, tool: Option<u64>, text: &[u8], out: &mut Vec<u8>) {
     let t: serde_json::Value = serde_json::from_slice(template).unwrap_or_default();
     let text = String::from_utf8_lossy(text);
     let completion = t.get("object").and_then(|o| o.as_str()) == Some("text_completion");
-    let choice = if completion {
-        serde_json::json!({"index": index, "text": text, "finish_reason": null})
-    } else {
-        serde_json::json!({"index": index, "delta": {"content": text}, "finish_reason": null})
+    let choice = match tool {
+        Some(tool) => serde_json::json!({"index": index, "delta": {"tool_calls": [
+            {"index": tool, "function": {"arguments": text}}
+        ]}, "finish_reason": null}),
+        None if completion => {
+            serde_json::json!({"index": index, "text": text, "finish_reason": null})
+        }
+        None => {
+            serde_json::json!({"index": index, "delta": {"content": text}, "finish_reason": null})
+        }
     };
     let mut v = serde_json::json!({"choices": [choice]});
     for key in ["id", "object", "created", "model"] {
@@ -593,6 +672,108 @@ mod tests {
             rest = r;
         }
         out
+    }
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+
+[[models]]
+name = "m"
+targets = [{ upstream = "a" }]
+
+[pii]
+default_policy = "p"
+
+[pii.policies.p]
+action = "mask"
+entities = ["email", "iban"]
+scan_responses = true
+"#;
+
+    fn chunk(choice: serde_json::Value) -> Vec<u8> {
+        let v = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]});
+        format!("data: {v}\n\n").into_bytes()
+    }
+
+    fn call(tool: u64, args: &str) -> serde_json::Value {
+        serde_json::json!({"index": 0, "delta": {"tool_calls": [{"index": tool, "function": {"arguments": args}}]}, "finish_reason": null})
+    }
+
+    /// Content and each tool call's arguments, accumulated the way an
+    /// OpenAI client does (by choice and tool call `index`).
+    fn accumulate(out: &[u8]) -> (String, Vec<String>, Vec<String>) {
+        let (mut content, mut args, mut finishes) = (String::new(), Vec::new(), Vec::new());
+        for ev in split_events(out) {
+            let (payload, _) = data_of(ev).expect("a data line");
+            if payload == b"[DONE]" {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(payload).expect("valid JSON");
+            let c = &v["choices"][0];
+            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            for t in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let i = t["index"].as_u64().expect("index") as usize;
+                if args.len() <= i {
+                    args.resize(i + 1, String::new());
+                }
+                args[i].push_str(t["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finishes.push(f.to_owned());
+            }
+        }
+        (content, args, finishes)
+    }
+
+    #[test]
+    fn tool_call_arguments_are_masked_across_events_and_calls() {
+        let cfg = crate::config::parse_str(CONFIG, std::path::Path::new(".")).expect("config");
+        let snapshot = crate::config::snapshot::Snapshot::build(&cfg, CONFIG).expect("snapshot");
+        let guard = snapshot.guard.as_deref().expect("guard");
+        let gw = GuardWorker::new(Some(guard));
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut filter = guard
+            .inspect_request(&gw, None, body)
+            .expect("allowed")
+            .filter
+            .expect("answers are scanned");
+        // Content first, then call 0 with an email split over three
+        // events, then call 1 (an IBAN split), the finish in an event of
+        // its own: as servers stream parallel tool calls.
+        let events = [
+            chunk(
+                serde_json::json!({"index": 0, "delta": {"role": "assistant", "content": "Mailing jan@exa"}, "finish_reason": null}),
+            ),
+            chunk(
+                serde_json::json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "send", "arguments": "{\"to\": \"piet.de"}}]}, "finish_reason": null}),
+            ),
+            chunk(call(0, "vries@exam")),
+            chunk(call(0, "ple.org\"}")),
+            chunk(call(1, "{\"iban\": \"NL91 ABNA 04")),
+            chunk(call(1, "17 1643 00\"}")),
+            chunk(serde_json::json!({"index": 0, "delta": {}, "finish_reason": "tool_calls"})),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        let mut out = Vec::new();
+        for e in &events {
+            filter.events(e, &mut out).expect("passes");
+        }
+        filter.finish(&mut out).expect("passes");
+        let (content, args, finishes) = accumulate(&out);
+        assert_eq!(content, "Mailing jan@exa");
+        assert_eq!(args, [r#"{"to": "[EMAIL]"}"#, r#"{"iban": "[IBAN]"}"#]);
+        assert_eq!(finishes, ["tool_calls"]);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(r#""id":"call_a""#), "{text}");
+        // Call 0's held text is out before call 1 begins.
+        let first_iban = text.find("iban").expect("call 1");
+        assert!(text[..first_iban].contains("[EMAIL]"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     }
 
     #[test]
