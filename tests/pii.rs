@@ -58,6 +58,20 @@ fn mask_rewrites_what_the_model_receives() {
         &[("entity", "email"), ("action", "mask")],
     );
     assert_eq!(findings, Some(1.0));
+    // Every scan counts its bytes; one in eight per worker is timed.
+    for _ in 0..16 {
+        echo(&gw, TEXT);
+    }
+    let timed = gw.metric(
+        "sluice_guard_scan_seconds_count",
+        &[("direction", "request")],
+    );
+    assert!(timed.is_some_and(|n| (1.0..=3.0).contains(&n)), "{timed:?}");
+    let bytes = gw.metric(
+        "sluice_guard_scanned_bytes_total",
+        &[("direction", "request")],
+    );
+    assert_eq!(bytes, Some(17.0 * 61.0), "{bytes:?}");
 }
 
 #[test]

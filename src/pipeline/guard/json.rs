@@ -89,7 +89,7 @@ pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');
     let mut at = 0;
-    while let Some(k) = text[at..].iter().position(|&c| api_json::needs_escape(c)) {
+    while let Some(k) = first_escape(&text[at..]) {
         let i = at + k;
         out.extend_from_slice(&text[at..i]);
         api_json::push_escape(out, text[i]);
@@ -97,6 +97,30 @@ pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
     }
     out.extend_from_slice(&text[at..]);
     out.push(b'"');
+}
+
+/// The first byte of `text` that JSON must escape (`api_json::needs_escape`),
+/// tested eight bytes at a time: in each word, the lowest flagged byte of
+/// the "byte below 0x20" and "byte equals" tricks is exact (borrows only
+/// flag bytes above a true one).
+fn first_escape(text: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut words = text.chunks_exact(8);
+    for (w, chunk) in words.by_ref().enumerate() {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let flagged = below(x, 0x20)
+            | below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1);
+        if flagged != 0 {
+            return Some(w * 8 + (flagged.trailing_zeros() / 8) as usize);
+        }
+    }
+    let tail = words.remainder();
+    tail.iter()
+        .position(|&c| api_json::needs_escape(c))
+        .map(|k| text.len() - tail.len() + k)
 }
 
 /// Walks the value at `i`; `top` limits which top-level members are entered
@@ -271,6 +295,28 @@ mod tests {
             let mut b = Vec::new();
             crate::api::json::push_string(&mut b, &String::from_utf8_lossy(t));
             assert_eq!(a, b, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn first_escape_finds_the_first_byte_to_escape() {
+        let naive = |t: &[u8]| t.iter().position(|&c| api_json::needs_escape(c));
+        // Every byte value at every position of words and tails, alone and
+        // after bytes that provoke borrows (0x00, 0x1f, 0x21, 0x80, 0xff).
+        for len in 0..20 {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    for fill in [b'a', 0x21, 0x80, 0xff, 0x23, 0x5d] {
+                        let mut t = vec![fill; len];
+                        t[at] = c;
+                        assert_eq!(first_escape(&t), naive(&t), "{t:?}");
+                        if at + 1 < len {
+                            t[at + 1] = 0x00;
+                            assert_eq!(first_escape(&t), naive(&t), "{t:?}");
+                        }
+                    }
+                }
+            }
         }
     }
 

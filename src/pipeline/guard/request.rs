@@ -14,7 +14,6 @@ use crate::config::{PiiAction, PromptInjection};
 use crate::pipeline::filter::AnswerFilter;
 use std::borrow::Cow;
 use std::ops::Range;
-use std::time::Instant;
 
 /// Which request shape the body has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +115,7 @@ impl Guard {
         team_policy: Option<&str>,
         body: &[u8],
     ) -> Result<Inspection, GatewayError> {
-        let started = Instant::now();
+        let timer = gw.metrics.timer(Direction::Request);
         let policy = self.policy(team_policy);
         let Some(scanner) = policy.map(|p| &p.scanner).or(self.safety_only.as_ref()) else {
             return Ok(Inspection::default());
@@ -160,8 +159,7 @@ impl Guard {
         }
         drop(hits);
         let metrics = &gw.metrics;
-        let record_scan =
-            || metrics.scanned(Direction::Request, scanned, started.elapsed().as_secs_f64());
+        let record_scan = || metrics.scanned(Direction::Request, scanned, &timer);
         if deny {
             metrics.safety("deny_pattern", "block");
             record_scan();

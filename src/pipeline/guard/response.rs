@@ -21,7 +21,6 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Writes the finding's original text (monitor: count, change nothing).
 struct Keep;
@@ -555,7 +554,7 @@ fn split_events(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 impl AnswerFilter for GuardFilter {
     fn body(&mut self, body: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let started = Instant::now();
+        let timer = self.metrics.timer(Direction::Response);
         let scratch_rc = self.scratch.clone();
         let scratch_ref = scratch_rc.borrow();
         let Some(scratch) = scratch_ref.as_ref() else {
@@ -595,11 +594,7 @@ impl AnswerFilter for GuardFilter {
             scanned += text.len();
             text_out.clear();
             if let Err(e) = self.whole_text(scratch, text.as_bytes(), &mut text_out) {
-                self.metrics.scanned(
-                    Direction::Response,
-                    scanned,
-                    started.elapsed().as_secs_f64(),
-                );
+                self.metrics.scanned(Direction::Response, scanned, &timer);
                 *body = src;
                 return Err(e);
             }
@@ -617,16 +612,12 @@ impl AnswerFilter for GuardFilter {
             }
             None => src,
         };
-        self.metrics.scanned(
-            Direction::Response,
-            scanned,
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics.scanned(Direction::Response, scanned, &timer);
         Ok(())
     }
 
     fn events(&mut self, events: &[u8], out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        let started = Instant::now();
+        let timer = self.metrics.timer(Direction::Response);
         let scratch_rc = self.scratch.clone();
         let scratch_ref = scratch_rc.borrow();
         let Some(scratch) = scratch_ref.as_ref() else {
@@ -634,11 +625,8 @@ impl AnswerFilter for GuardFilter {
             return Ok(());
         };
         let result = split_events(events).try_for_each(|ev| self.event(scratch, ev, out));
-        self.metrics.scanned(
-            Direction::Response,
-            events.len(),
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .scanned(Direction::Response, events.len(), &timer);
         result
     }
 
