@@ -502,13 +502,21 @@ pub fn estimated_prompt_tokens(body: &[u8]) -> u64 {
 }
 
 /// `max_completion_tokens` or `max_tokens` of a request body.
+/// One pass over the members (the first of each name counts, as
+/// `member_range` would find it); `max_completion_tokens` wins.
 pub fn max_tokens(body: &[u8]) -> Option<u64> {
-    ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|k| {
-            let r = crate::api::json::member_range(body, k)?;
-            std::str::from_utf8(&body[r]).ok()?.trim().parse().ok()
-        })
+    let (mut completion, mut max) = (None, None);
+    crate::api::json::for_each_member(body, |raw_key, range| {
+        match crate::api::json::key_name(raw_key).as_deref() {
+            Some("max_completion_tokens") if completion.is_none() => completion = Some(range),
+            Some("max_tokens") if max.is_none() => max = Some(range),
+            _ => {}
+        }
+        completion.is_none() || max.is_none()
+    });
+    let number =
+        |r: std::ops::Range<usize>| std::str::from_utf8(&body[r]).ok()?.trim().parse().ok();
+    completion.and_then(number).or_else(|| max.and_then(number))
 }
 
 pub fn worst(billing: &Billing, body: &[u8], models: impl Iterator<Item = usize>) -> Worst {
@@ -1089,6 +1097,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(max_tokens(br#"{"max_tokens": 12}"#), Some(12));
+        assert_eq!(
+            max_tokens(br#"{"max_tokens": 12, "max_completion_tokens": 7}"#),
+            Some(7)
+        );
+        assert_eq!(
+            max_tokens(br#"{"max_completion_tokens": null, "max_tokens": 12}"#),
+            Some(12)
+        );
+        assert_eq!(max_tokens(br#"{"messages": []}"#), None);
     }
 
     #[test]

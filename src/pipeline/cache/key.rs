@@ -49,6 +49,16 @@ pub enum Uncacheable {
 
 /// Reads a chat completion request body into its cache identity.
 pub fn request_key(body: &[u8], max_temperature: f64) -> Result<RequestKey, Uncacheable> {
+    // Most traffic is sampled above `max_temperature`: decide that from
+    // the raw member before building a tree of the whole body. (Bypassing
+    // is always safe; the tree's own check below stays the rule.)
+    if let Some(raw) = crate::api::json::member_range(body, "temperature").map(|r| &body[r]) {
+        if serde_json::from_slice::<f64>(raw).is_ok_and(|t| t > max_temperature) {
+            return Err(Uncacheable::Temperature);
+        }
+    } else if DEFAULT_TEMPERATURE > max_temperature {
+        return Err(Uncacheable::Temperature);
+    }
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
         return Err(Uncacheable::Shape);
     };
