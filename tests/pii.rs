@@ -251,3 +251,35 @@ fn pseudonymize_round_trip_through_tool_calls() {
     assert!(events.last().unwrap().contains("[DONE]"));
     let _: Value = serde_json::from_str(&args).expect("the arguments stay JSON");
 }
+
+#[test]
+fn pseudonyms_restored_into_tool_arguments_keep_them_json() {
+    let (_mock, gw) = start("pseudonymize");
+    // A value with a line break and a quote-free body: restored raw into
+    // the arguments' JSON document it would end the string literal's line.
+    let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----";
+    let arguments = r#"{"store": "<SECRET_1>", "note": "done"}"#;
+    let headers = [
+        ("x-mock-content", arguments),
+        ("x-mock-tool-call", "vault_put"),
+        ("x-mock-chunks", "5"),
+    ];
+    let body = chat_with(&format!("Store this key: {key}"), false);
+    let resp = gw.request(&post("/v1/chat/completions", body.as_bytes(), &headers));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let args = resp.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let parsed: Value = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{e}: {args}"));
+    assert_eq!(parsed["store"], key);
+
+    let body = chat_with(&format!("Store this key: {key}"), true);
+    let mut conn = gw.connect();
+    conn.send(&post("/v1/chat/completions", body.as_bytes(), &headers));
+    let (_head, events) = read_sse(&mut conn);
+    let (args, _) = streamed_tool_arguments(&events);
+    let parsed: Value = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{e}: {args}"));
+    assert_eq!(parsed["store"], key);
+    assert_eq!(parsed["note"], "done");
+}

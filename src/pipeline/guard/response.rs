@@ -49,6 +49,10 @@ pub struct GuardFilter {
     mask: bool,
     action: &'static str,
     pseudonyms: Vec<(Vec<u8>, String)>,
+    /// The same with each value escaped for a JSON string: tool-call
+    /// arguments are a JSON document, and a placeholder in them stands
+    /// inside a string literal.
+    pseudonyms_in_json: Vec<(Vec<u8>, String)>,
     deny: bool,
     scratch: Rc<RefCell<Option<Scratch>>>,
     metrics: Rc<GuardMetrics>,
@@ -124,6 +128,7 @@ impl GuardFilter {
             scan,
             mask,
             action: if mask { "mask" } else { "monitor" },
+            pseudonyms_in_json: escaped_for_json(&pseudonyms.map),
             pseudonyms: pseudonyms.map,
             deny: guard.has_deny,
             scratch: gw.scratch.clone(),
@@ -146,11 +151,13 @@ impl GuardFilter {
         }
     }
 
-    /// A whole text (non-streamed answer): deny check, masking, restore.
+    /// A whole text (non-streamed answer): deny check, masking, restore
+    /// (`in_json`: the text is tool-call arguments).
     fn whole_text(
         &mut self,
         scratch: &Scratch,
         text: &[u8],
+        in_json: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
         // Entities only when they are masked or counted; no injection
@@ -192,7 +199,12 @@ impl GuardFilter {
         } else {
             text
         };
-        restore(&self.pseudonyms, text, out);
+        let map = if in_json {
+            &self.pseudonyms_in_json
+        } else {
+            &self.pseudonyms
+        };
+        restore(map, text, out);
         self.findings = findings;
         self.masked = masked;
         Ok(())
@@ -254,7 +266,12 @@ impl GuardFilter {
         } else {
             released.extend_from_slice(piece);
         }
-        choice.restore.push(&self.pseudonyms, &released, out);
+        let map = if choice.tool.is_some() {
+            &self.pseudonyms_in_json
+        } else {
+            &self.pseudonyms
+        };
+        choice.restore.push(map, &released, out);
         self.released = released;
         Ok(())
     }
@@ -263,6 +280,11 @@ impl GuardFilter {
     /// releases nothing.
     fn flush(&mut self, scratch: &Scratch, c: usize, out: &mut Vec<u8>) {
         let choice = &mut self.channels[c];
+        let map = if choice.tool.is_some() {
+            &self.pseudonyms_in_json
+        } else {
+            &self.pseudonyms
+        };
         let mut released = Vec::new();
         if self.scan {
             let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
@@ -270,11 +292,11 @@ impl GuardFilter {
                 .text
                 .finish(&self.scanner, scratch, rep, &mut released);
             let found = std::mem::take(&mut choice.text.found);
-            choice.restore.push(&self.pseudonyms, &released, out);
-            choice.restore.finish(&self.pseudonyms, out);
+            choice.restore.push(map, &released, out);
+            choice.restore.finish(map, out);
             self.count(&found);
         } else {
-            choice.restore.finish(&self.pseudonyms, out);
+            choice.restore.finish(map, out);
         }
     }
 
@@ -480,6 +502,18 @@ impl Drop for GuardFilter {
     }
 }
 
+/// `map` with each value as it must appear inside a JSON string literal.
+fn escaped_for_json(map: &[(Vec<u8>, String)]) -> Vec<(Vec<u8>, String)> {
+    map.iter()
+        .map(|(placeholder, value)| {
+            let mut quoted = Vec::with_capacity(value.len() + 2);
+            json::push_text(&mut quoted, value.as_bytes());
+            let inner = String::from_utf8_lossy(&quoted[1..quoted.len() - 1]).into_owned();
+            (placeholder.clone(), inner)
+        })
+        .collect()
+}
+
 /// The `data:` payload of an event and its range in the event.
 fn data_of(event: &[u8]) -> Option<(&[u8], Range<usize>)> {
     let start = if event.starts_with(b"data:") {
@@ -560,26 +594,28 @@ impl AnswerFilter for GuardFilter {
         let Some(scratch) = scratch_ref.as_ref() else {
             return Ok(());
         };
-        let mut targets: Vec<Range<usize>> = Vec::new();
+        // (range, is tool-call arguments)
+        let mut targets: Vec<(Range<usize>, bool)> = Vec::new();
         let src = std::mem::take(body);
         json::walk(&src, &|k| k == "choices", &mut |path, r, kind| {
             if kind != Scalar::String {
                 return;
             }
-            let ok = match path {
-                [c, Seg::Idx(_), t] => c.is("choices") && t.is("text"),
-                [c, Seg::Idx(_), m, t] => c.is("choices") && m.is("message") && t.is("content"),
-                [c, Seg::Idx(_), m, tc, Seg::Idx(_), f, a] => {
-                    c.is("choices")
-                        && m.is("message")
-                        && tc.is("tool_calls")
-                        && f.is("function")
-                        && a.is("arguments")
+            let target = match path {
+                [c, Seg::Idx(_), t] => (c.is("choices") && t.is("text")).then_some(false),
+                [c, Seg::Idx(_), m, t] => {
+                    (c.is("choices") && m.is("message") && t.is("content")).then_some(false)
                 }
-                _ => false,
+                [c, Seg::Idx(_), m, tc, Seg::Idx(_), f, a] => (c.is("choices")
+                    && m.is("message")
+                    && tc.is("tool_calls")
+                    && f.is("function")
+                    && a.is("arguments"))
+                .then_some(true),
+                _ => None,
             };
-            if ok {
-                targets.push(r);
+            if let Some(in_json) = target {
+                targets.push((r, in_json));
             }
         });
         // The answer is copied only when a text changed.
@@ -587,13 +623,13 @@ impl AnswerFilter for GuardFilter {
         let mut at = 0;
         let mut text_out = Vec::new();
         let mut scanned = 0;
-        for r in targets {
+        for (r, in_json) in targets {
             let Some(text) = json::decode(&src[r.clone()]) else {
                 continue;
             };
             scanned += text.len();
             text_out.clear();
-            if let Err(e) = self.whole_text(scratch, text.as_bytes(), &mut text_out) {
+            if let Err(e) = self.whole_text(scratch, text.as_bytes(), in_json, &mut text_out) {
                 self.metrics.scanned(Direction::Response, scanned, &timer);
                 *body = src;
                 return Err(e);
