@@ -699,24 +699,10 @@ mod tests {
     }
 
     const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "a"
-url = "http://127.0.0.1:1"
-
-[[models]]
-name = "m"
-targets = [{ upstream = "a" }]
-
-[pii]
-default_policy = "p"
-
-[pii.policies.p]
-action = "mask"
-entities = ["email", "iban"]
-scan_responses = true
+server = { listen = "127.0.0.1:0" }
+upstreams = [{ name = "a", url = "http://127.0.0.1:1" }]
+models = [{ name = "m", targets = [{ upstream = "a" }] }]
+pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["email", "iban"], scan_responses = true } } }
 "#;
 
     fn chunk(choice: serde_json::Value) -> Vec<u8> {
