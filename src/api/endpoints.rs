@@ -50,29 +50,38 @@ pub async fn handle(worker: &Rc<Worker>, io: &mut ClientIo, req: &Request<'_>) -
         _ => match crate::pipeline::auth::check(worker, req).await {
             Ok(None) => (200, &worker.snapshot.models_json),
             Ok(Some(principal)) => {
-                return local_json(io, req, 200, &principal.team.models_json).await
+                return local_json(worker, io, req, 200, &principal.team.models_json).await
             }
             Err(e) => return reply_error(worker, io, &e, req.keep_alive).await,
         },
     };
-    local_json(io, req, status, body).await
+    local_json(worker, io, req, status, body).await
 }
 
-/// Writes a JSON answer produced by sluice itself.
-pub async fn local_json(io: &mut ClientIo, req: &Request<'_>, status: u16, body: &[u8]) -> Outcome {
+/// Writes a JSON answer produced by sluice itself. Draining is looked at
+/// again here: a drain that began after the request was read (its `/ready`
+/// answer is then 503) must still close the connection.
+pub async fn local_json(
+    worker: &Worker,
+    io: &mut ClientIo,
+    req: &Request<'_>,
+    status: u16,
+    body: &[u8],
+) -> Outcome {
+    let keep_alive = req.keep_alive && !worker.is_draining();
     io.wbuf.clear();
     response::json(
         &mut io.wbuf,
         status,
         &io.request_id,
-        req.keep_alive,
+        keep_alive,
         &[],
         body,
     );
     let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();
     Outcome {
         status,
-        keep_alive: req.keep_alive && written,
+        keep_alive: keep_alive && written,
     }
 }
 
