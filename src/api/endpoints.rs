@@ -70,14 +70,7 @@ pub async fn local_json(
 ) -> Outcome {
     let keep_alive = req.keep_alive && !worker.is_draining();
     io.wbuf.clear();
-    response::json(
-        &mut io.wbuf,
-        status,
-        &io.request_id,
-        keep_alive,
-        &[],
-        body,
-    );
+    response::json(&mut io.wbuf, status, &io.request_id, keep_alive, &[], body);
     let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();
     Outcome {
         status,
