@@ -112,34 +112,111 @@ fn vector(seed: u64, dims: usize) -> Vec<f32> {
 fn hnsw_search(c: &mut Criterion) {
     const ENTRIES: u64 = 100_000;
     const DIMS: usize = 384;
-    let index = cache::semantic::new_index(DIMS).unwrap();
-    index.reserve(ENTRIES as usize).unwrap();
-    for label in 0..ENTRIES {
-        index.add(label, &vector(label, DIMS)).unwrap();
-    }
+    // `CACHE_BENCH_QUANT=all` also measures the other storage kinds.
+    let kinds: &[(&str, usearch::ScalarKind)] =
+        if std::env::var("CACHE_BENCH_QUANT").as_deref() == Ok("all") {
+            &[
+                ("f16", usearch::ScalarKind::F16),
+                ("bf16", usearch::ScalarKind::BF16),
+                ("f32", usearch::ScalarKind::F32),
+                ("i8", usearch::ScalarKind::I8),
+            ]
+        } else {
+            &[("f16", usearch::ScalarKind::F16)]
+        };
     // The cache filters candidates by scope with a map lookup per label.
     let scopes: std::collections::HashMap<u64, u64> = (0..ENTRIES).map(|l| (l, l % 4)).collect();
     let queries: Vec<Vec<f32>> = (0..64).map(|i| vector(ENTRIES + i, DIMS)).collect();
     let mut group = c.benchmark_group("cache");
-    let mut i = 0;
-    group.bench_function("hnsw_search_100k_top8", |b| {
-        b.iter(|| {
-            i = (i + 1) % queries.len();
-            black_box(index.search(&queries[i], 8).unwrap().keys.len())
-        })
-    });
-    // As the cache searches: only entries of the request's scope (here a
-    // quarter of the index, so the graph walk must look further).
-    group.bench_function("hnsw_search_100k_top8_scope_quarter", |b| {
-        b.iter(|| {
-            i = (i + 1) % queries.len();
-            let m = index
-                .filtered_search(&queries[i], 8, |label| scopes.get(&label) == Some(&1))
-                .unwrap();
-            black_box(m.keys.len())
-        })
-    });
+    for &(name, kind) in kinds {
+        let index = cache::semantic::index_with(DIMS, kind).unwrap();
+        index.reserve(ENTRIES as usize).unwrap();
+        for label in 0..ENTRIES {
+            index.add(label, &vector(label, DIMS)).unwrap();
+        }
+        eprintln!(
+            "cache/hnsw {name}: kernel {}, connectivity {}, expansion {}",
+            index.hardware_acceleration(),
+            index.connectivity(),
+            index.expansion_search()
+        );
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("hnsw_search_100k_top8", name), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                black_box(index.search(&queries[i], 8).unwrap().keys.len())
+            })
+        });
+        // As the cache searches: only entries of the request's scope (here a
+        // quarter of the index, so the graph walk must look further).
+        group.bench_function(
+            BenchmarkId::new("hnsw_search_100k_top8_scope_quarter", name),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % queries.len();
+                    let m = index
+                        .filtered_search(&queries[i], 8, |label| scopes.get(&label) == Some(&1))
+                        .unwrap();
+                    black_box(m.keys.len())
+                })
+            },
+        );
+    }
+    if kinds.len() > 1 {
+        expansion_sweep(&mut group, &queries);
+    }
     group.finish();
+}
+
+/// bf16 storage at lower search expansions: time per search, and how
+/// often a near-duplicate of a stored entry (what a cache hit looks like)
+/// still finds that entry first.
+fn expansion_sweep(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    queries: &[Vec<f32>],
+) {
+    const ENTRIES: u64 = 100_000;
+    const DIMS: usize = 384;
+    let index = cache::semantic::index_with(DIMS, usearch::ScalarKind::BF16).unwrap();
+    index.reserve(ENTRIES as usize).unwrap();
+    for label in 0..ENTRIES {
+        index.add(label, &vector(label, DIMS)).unwrap();
+    }
+    let near: Vec<(u64, Vec<f32>)> = (0..500u64)
+        .map(|k| {
+            let label = k * 197 % ENTRIES;
+            let noise = vector(ENTRIES * 7 + k, DIMS);
+            let mut v: Vec<f32> = vector(label, DIMS)
+                .iter()
+                .zip(&noise)
+                .map(|(a, b)| a + 0.3 * b)
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            (label, v)
+        })
+        .collect();
+    for expansion in [16usize, 32, 64] {
+        index.change_expansion_search(expansion);
+        let found = near
+            .iter()
+            .filter(|(label, v)| index.search(v, 1).unwrap().keys.first() == Some(label))
+            .count();
+        eprintln!(
+            "cache/hnsw bf16 expansion {expansion}: near-duplicate (similarity ~0.96) found first {found}/{}",
+            near.len()
+        );
+        let mut i = 0;
+        group.bench_function(
+            BenchmarkId::new("hnsw_search_100k_top8_bf16_expansion", expansion),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % queries.len();
+                    black_box(index.search(&queries[i], 8).unwrap().keys.len())
+                })
+            },
+        );
+    }
 }
 
 fn embeddings(c: &mut Criterion) {
