@@ -110,20 +110,21 @@ fn vector(seed: u64, dims: usize) -> Vec<f32> {
 }
 
 fn hnsw_search(c: &mut Criterion) {
-    const ENTRIES: u64 = 100_000;
-    const DIMS: usize = 384;
-    // `CACHE_BENCH_QUANT=all` also measures the other storage kinds.
-    let kinds: &[(&str, usearch::ScalarKind)] =
-        if std::env::var("CACHE_BENCH_QUANT").as_deref() == Ok("all") {
-            &[
-                ("f16", usearch::ScalarKind::F16),
-                ("bf16", usearch::ScalarKind::BF16),
-                ("f32", usearch::ScalarKind::F32),
-                ("i8", usearch::ScalarKind::I8),
-            ]
-        } else {
-            &[("f16", usearch::ScalarKind::F16)]
-        };
+    // `CACHE_BENCH_QUANT=all` also measures the other storage kinds and
+    // bf16's search expansions; `graph` only the connectivity sweep.
+    let mode = std::env::var("CACHE_BENCH_QUANT").unwrap_or_default();
+    let kinds: &[(&str, usearch::ScalarKind)] = if mode == "graph" {
+        &[]
+    } else if mode == "all" {
+        &[
+            ("f16", usearch::ScalarKind::F16),
+            ("bf16", usearch::ScalarKind::BF16),
+            ("f32", usearch::ScalarKind::F32),
+            ("i8", usearch::ScalarKind::I8),
+        ]
+    } else {
+        &[("f16", usearch::ScalarKind::F16)]
+    };
     // The cache filters candidates by scope with a map lookup per label.
     let scopes: std::collections::HashMap<u64, u64> = (0..ENTRIES).map(|l| (l, l % 4)).collect();
     let queries: Vec<Vec<f32>> = (0..64).map(|i| vector(ENTRIES + i, DIMS)).collect();
@@ -162,26 +163,56 @@ fn hnsw_search(c: &mut Criterion) {
             },
         );
     }
-    if kinds.len() > 1 {
-        expansion_sweep(&mut group, &queries);
+    if mode == "all" {
+        let sweep = [("bf16_c16", usearch::ScalarKind::BF16, 16)];
+        graph_sweep(&mut group, &queries, &sweep, &[16, 32, 64]);
+    }
+    if mode == "graph" {
+        let sweep = [
+            ("f16_c16", usearch::ScalarKind::F16, 16),
+            ("f16_c32", usearch::ScalarKind::F16, 32),
+        ];
+        graph_sweep(&mut group, &queries, &sweep, &[64, 128]);
     }
     group.finish();
 }
 
-/// bf16 storage at lower search expansions: time per search, and how
-/// often a near-duplicate of a stored entry (what a cache hit looks like)
-/// still finds that entry first.
-fn expansion_sweep(
+/// Graph settings (storage, connectivity) at several search expansions:
+/// time per search, and how often a near-duplicate of a stored entry
+/// (what a cache hit looks like) still finds that entry first.
+fn graph_sweep(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     queries: &[Vec<f32>],
+    settings: &[(&str, usearch::ScalarKind, usize)],
+    expansions: &[usize],
 ) {
-    const ENTRIES: u64 = 100_000;
-    const DIMS: usize = 384;
-    let index = cache::semantic::index_with(DIMS, usearch::ScalarKind::BF16).unwrap();
-    index.reserve(ENTRIES as usize).unwrap();
-    for label in 0..ENTRIES {
-        index.add(label, &vector(label, DIMS)).unwrap();
+    for &(name, quantization, connectivity) in settings {
+        let index = usearch::Index::new(&usearch::IndexOptions {
+            dimensions: DIMS,
+            metric: usearch::MetricKind::Cos,
+            quantization,
+            connectivity,
+            ..Default::default()
+        })
+        .unwrap();
+        index.reserve(ENTRIES as usize).unwrap();
+        for label in 0..ENTRIES {
+            index.add(label, &vector(label, DIMS)).unwrap();
+        }
+        sweep_expansions(group, queries, &index, name, expansions);
     }
+}
+
+const ENTRIES: u64 = 100_000;
+const DIMS: usize = 384;
+
+fn sweep_expansions(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    queries: &[Vec<f32>],
+    index: &usearch::Index,
+    name: &str,
+    expansions: &[usize],
+) {
     let near: Vec<(u64, Vec<f32>)> = (0..500u64)
         .map(|k| {
             let label = k * 197 % ENTRIES;
@@ -196,19 +227,19 @@ fn expansion_sweep(
             (label, v)
         })
         .collect();
-    for expansion in [16usize, 32, 64] {
+    for &expansion in expansions {
         index.change_expansion_search(expansion);
         let found = near
             .iter()
             .filter(|(label, v)| index.search(v, 1).unwrap().keys.first() == Some(label))
             .count();
         eprintln!(
-            "cache/hnsw bf16 expansion {expansion}: near-duplicate (similarity ~0.96) found first {found}/{}",
+            "cache/hnsw {name} expansion {expansion}: near-duplicate (similarity ~0.96) found first {found}/{}",
             near.len()
         );
         let mut i = 0;
         group.bench_function(
-            BenchmarkId::new("hnsw_search_100k_top8_bf16_expansion", expansion),
+            BenchmarkId::new(format!("hnsw_search_100k_top8_{name}_expansion"), expansion),
             |b| {
                 b.iter(|| {
                     i = (i + 1) % queries.len();
