@@ -272,13 +272,6 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
         cfg.teams.len(),
         cfg.keys.len()
     );
-    let missing = config::snapshot::not_built(&cfg);
-    if !missing.is_empty() {
-        println!(
-            "note: `sluice serve` of this build refuses: {}",
-            missing.join("; ")
-        );
-    }
     Ok(())
 }
 

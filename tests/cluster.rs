@@ -3,10 +3,13 @@
 //! `sluice serve` nodes sharing one budget or one rate limit. Checks the
 //! bounds docs/cost.md states: leases never let the nodes together pass a
 //! limit, Redis stopped mid-test leaves each node on its fallback share,
-//! Redis back is reconciled with what the nodes used meanwhile.
+//! Redis back is reconciled with what the nodes used meanwhile; and a node
+//! reaching Redis over TLS (`rediss://`, the server's CA trusted through
+//! `SSL_CERT_FILE`).
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -28,6 +31,8 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serving TLS only: certificate, key, and the CA's PEM (to trust).
+    tls: Option<(PathBuf, PathBuf, Vec<u8>)>,
 }
 
 impl Redis {
@@ -36,6 +41,21 @@ impl Redis {
             port: free_port(),
             dir: temp_path("redis", "d"),
             child: None,
+            tls: None,
+        };
+        std::fs::create_dir_all(&r.dir).unwrap();
+        r.run();
+        r
+    }
+
+    /// A server that speaks TLS only, with a certificate of `pki`.
+    fn start_tls(pki: &Pki) -> Redis {
+        let (cert, key, _) = pki.issue("redis");
+        let mut r = Redis {
+            port: free_port(),
+            dir: temp_path("redis-tls", "d"),
+            child: None,
+            tls: Some((cert, key, std::fs::read(&pki.ca_pem).unwrap())),
         };
         std::fs::create_dir_all(&r.dir).unwrap();
         r.run();
@@ -44,8 +64,19 @@ impl Redis {
 
     /// Starts the server on this guard's port (again).
     fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key, _)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -71,11 +102,23 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     fn try_query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some((_, _, ca)) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+        };
         let mut con = client.get_connection_with_timeout(Duration::from_secs(1))?;
         cmd.query(&mut con)
     }
@@ -505,14 +548,30 @@ fn bad_cluster_settings_are_refused() {
     ] {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
-    // TLS to Redis is not built: serve says so instead of ignoring it.
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nredis = \"rediss://127.0.0.1:6379\"\n",
-    )
-    .unwrap();
-    let (status, _, stderr) = run_sluice(&["serve", "--config", path.to_str().unwrap()], &[]);
-    assert!(!status.success());
-    assert!(stderr.contains("TLS to Redis"), "{stderr}");
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_node_reaches_redis_over_tls() {
+    let pki = Pki::new("redis");
+    let redis = Redis::start_tls(&pki);
+    let mock = Mock::start();
+    // The system's roots do not know the test CA; SSL_CERT_FILE replaces
+    // them (rustls-native-certs), as an operator would for a private CA.
+    let cfg = node_config(&mock, &redis, "a", "rpm = 20", "lease_fraction = 0.1")
+        .env("SSL_CERT_FILE", pki.ca_pem.to_str().unwrap());
+    away_from_minute_end();
+    let a = Gateway::start(&cfg);
+    for i in 0..3 {
+        assert_eq!(ask(a.addr).0, 200, "request {i}");
+    }
+    // The node leased its requests from the TLS-only server: without the
+    // TLS link it would run on its fallback share and lease nothing.
+    wait_until("a lease in Redis", POLL_TIMEOUT, || {
+        redis
+            .try_query::<Vec<String>>(redis::cmd("KEYS").arg("sluice:requests:*:team:t"))
+            .is_ok_and(|k| k.len() == 1)
+    });
+    let leased = redis.hash_field("sluice:requests:*:team:t", "leased");
+    assert!((3..=20).contains(&leased), "leased {leased}");
 }

@@ -8,70 +8,17 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned, SupportedProtocolVersion};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 type TlsConn = Conn<StreamOwned<ClientConnection, TcpStream>>;
-
-// ---------------------------------------------------------------- certificates
-
-/// A test CA and the leaf certificates it signs, as PEM files.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: PathBuf,
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = temp_path(&format!("pki-{name}"), "d");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("sluice test CA {name}"));
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let ca_pem = dir.join("ca.pem");
-        std::fs::write(&ca_pem, issuer.pem()).unwrap();
-        Pki {
-            dir,
-            ca_pem,
-            issuer,
-        }
-    }
-
-    /// Issues a certificate for localhost and 127.0.0.1 and writes it and
-    /// its key to `<file>.crt` / `<file>.key`. Returns the paths and the
-    /// certificate's DER (to recognise it on the client side).
-    fn issue(&self, file: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k, cert.der().to_vec())
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn toml_str(p: &Path) -> String {
     serde_json::to_string(&p.display().to_string()).unwrap()

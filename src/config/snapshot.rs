@@ -1,7 +1,6 @@
 //! The typed snapshot the request path reads: built once from a validated
 //! `Config` (addresses resolved, durations typed, names indexed), shared
-//! read-only by all workers. `serve` refuses configuration sections whose
-//! features are not built yet, so nothing in a file is silently ignored.
+//! read-only by all workers.
 
 use super::validate::parse_http_url;
 use super::{Balance, Config, IoMode, Sticky};
@@ -14,8 +13,6 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
-    #[error("this build of sluice does not implement yet: {}", .0.join("; "))]
-    NotBuilt(Vec<String>),
     #[error("{0}")]
     Guard(String),
     #[error("upstreams[{index}] ({name}): {message}")]
@@ -162,10 +159,6 @@ impl Snapshot {
 
     /// Builds the snapshot from a validated configuration and its text.
     pub fn build(cfg: &Config, source: &str) -> Result<Self, SnapshotError> {
-        let missing = not_built(cfg);
-        if !missing.is_empty() {
-            return Err(SnapshotError::NotBuilt(missing));
-        }
         let server = &cfg.server;
         let settings = ServerSettings {
             listen: parse_addr("server.listen", &server.listen)?,
@@ -454,17 +447,4 @@ fn cache_settings(
         persist: c.persist.as_deref().map(|p| cfg.resolve(p)),
         embedder,
     })
-}
-
-/// Sections and keys of the configuration contract whose features this
-/// build does not implement yet, each named as it appears in the file.
-pub fn not_built(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(c) = &cfg.cluster {
-        let lower = c.redis.to_ascii_lowercase();
-        if lower.starts_with("rediss://") || lower.starts_with("valkeys://") {
-            out.push("cluster.redis rediss:// (TLS to Redis)".into());
-        }
-    }
-    out
 }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt::Write as _;
