@@ -1,7 +1,8 @@
 //! The alert webhook: JSON POSTs to `[alerts].webhook` (circuit changes
 //! today; budget thresholds with the cost issue), sent by one background
 //! thread from a bounded queue, with retries. A full queue drops the alert
-//! and logs it: alerts never slow a worker.
+//! and logs it: alerts never slow a worker. `https://` webhooks go over
+//! rustls with the system's CA certificates.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -63,16 +64,11 @@ fn deliver(alert: &Alert) {
 fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     let parsed = crate::config::parse_http_url(url).map_err(invalid)?;
-    if parsed.tls {
-        return Err(invalid(
-            "https webhooks need TLS to upstreams (not built yet)".into(),
-        ));
-    }
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))?
         .next()
         .ok_or_else(|| invalid(format!("{} has no address", parsed.host)))?;
     let timeout = Duration::from_secs(5);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let path = url
@@ -85,8 +81,30 @@ fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
         parsed.port,
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
+    if !parsed.tls {
+        return exchange(stream, head.as_bytes(), body);
+    }
+    // The system's CA certificates (or `SSL_CERT_FILE`), as for upstreams
+    // without a `ca_file`: chat and incident webhooks are public https.
+    let tls = crate::tls::UpstreamTls::new(
+        &parsed.host,
+        None,
+        &mut crate::tls::client::SystemRoots::default(),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    let session = tls.blocking().map_err(std::io::Error::other)?;
+    exchange(
+        rustls::StreamOwned::new(session, stream),
+        head.as_bytes(),
+        body,
+    )
+}
+
+/// Sends the request and reads the answer's status.
+fn exchange(mut stream: impl Read + Write, head: &[u8], body: &[u8]) -> std::io::Result<u16> {
+    stream.write_all(head)?;
     stream.write_all(body)?;
+    stream.flush()?;
     let mut answer = [0u8; 64];
     let n = stream.read(&mut answer)?;
     let status = std::str::from_utf8(&answer[..n])

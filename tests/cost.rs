@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -386,6 +387,35 @@ fn alert_thresholds_fire_once_each() {
     settles_to("ratio", 0.2, || {
         gw.metric("sluice_budget_used_ratio", &[("team", "t")])
             .unwrap_or(0.0)
+    });
+}
+
+#[test]
+fn alerts_reach_an_https_webhook() {
+    let mock = Mock::start();
+    // The webhook: the mock behind TLS with a certificate of a private CA
+    // that the gateway trusts through SSL_CERT_FILE.
+    let pki = Pki::new("webhook");
+    let (cert, key, _) = pki.issue("hook");
+    let hook = Mock::start_tls(&cert, &key);
+    let b = body(false, 10, json!({}));
+    let budget = 40.0 * actual_tokens(&b) * 0.001;
+    let cfg = cost_config(
+        &mock,
+        &format!("budget = {{ amount = {budget}, period = \"week\" }}\nalert_at = [0.05]"),
+        "",
+        &format!(
+            "[alerts]\nwebhook = \"https://localhost:{}/alerts\"",
+            hook.addr.port()
+        ),
+    )
+    .env("SSL_CERT_FILE", pki.ca_pem.to_str().unwrap());
+    let gw = Gateway::start(&cfg);
+    for _ in 0..4 {
+        assert_eq!(ask(&gw, KEY_A, &b, &[]).status, 200);
+    }
+    wait_until("the alert posted over TLS", POLL_TIMEOUT, || {
+        hook.requests() >= 1
     });
 }
 
