@@ -368,6 +368,40 @@ fn a_rate_limit_is_shared_by_the_nodes() {
 }
 
 #[test]
+fn a_token_limit_is_shared_by_the_nodes() {
+    let redis = Redis::start();
+    let mock = Mock::start();
+    // tpm of ten worst-case reservations; each answer then uses fewer
+    // tokens than it reserved (the rest goes back to the window).
+    let reserved = ((body().len() / 3 + 8) + 10) as u64;
+    let used = ((body().len() / 4).max(1) + MOCK_CONTENT.split_whitespace().count()) as u64;
+    let tpm = 10 * reserved;
+    let team = format!("tpm = {tpm}");
+    let cluster = "lease_fraction = 0.1";
+    let a = Gateway::start(&node_config(&mock, &redis, "a", &team, cluster));
+    let b = Gateway::start(&node_config(&mock, &redis, "b", &team, cluster));
+    away_from_minute_end();
+    let mut ok = 0;
+    for i in 0..60 {
+        match ask(if i % 2 == 0 { a.addr } else { b.addr }) {
+            (200, _) => ok += 1,
+            (429, Some(code)) if code == "rate_limit_exceeded" => {}
+            other => panic!("request {i}: {other:?}"),
+        }
+    }
+    // The tokens the two nodes let through stay within the one limit, and
+    // the limit was reached (a node alone would have passed up to tpm).
+    assert!(
+        ok * used <= tpm,
+        "{ok} answers of {used} tokens passed a shared tpm of {tpm}"
+    );
+    assert!(ok >= 5, "only {ok} passed");
+    assert!(ok < 60, "nothing was refused");
+    let leased = redis.hash_field("sluice:tokens:*:team:t", "leased");
+    assert!(leased <= tpm, "leased {leased} of {tpm}");
+}
+
+#[test]
 fn redis_down_falls_back_to_the_share_and_back_reconciles() {
     let mut redis = Redis::start();
     let mock = Mock::start();
