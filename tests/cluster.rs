@@ -3,7 +3,8 @@
 //! `sluice serve` nodes sharing one budget or one rate limit. Checks the
 //! bounds docs/cost.md states: leases never let the nodes together pass a
 //! limit, Redis stopped mid-test leaves each node on its fallback share,
-//! Redis back is reconciled with what the nodes used meanwhile; and a node
+//! Redis back is reconciled with what the nodes used meanwhile; `tpm` is
+//! shared and `max_concurrent` split between the live nodes; and a node
 //! reaching Redis over TLS (`rediss://`, the server's CA trusted through
 //! `SSL_CERT_FILE`).
 
@@ -399,6 +400,43 @@ fn a_token_limit_is_shared_by_the_nodes() {
     assert!(ok < 60, "nothing was refused");
     let leased = redis.hash_field("sluice:tokens:*:team:t", "leased");
     assert!(leased <= tpm, "leased {leased} of {tpm}");
+}
+
+#[test]
+fn max_concurrent_is_split_between_the_live_nodes() {
+    let redis = Redis::start();
+    let mock = Mock::start();
+    let team = "max_concurrent = 4";
+    let a = Gateway::start(&node_config(&mock, &redis, "a", team, ""));
+    let b = Gateway::start(&node_config(&mock, &redis, "b", team, ""));
+    for gw in [&a, &b] {
+        wait_until("both nodes live", POLL_TIMEOUT, || {
+            gw.metric("sluice_cluster_nodes", &[]) == Some(2.0)
+        });
+    }
+    // Two slow streams fill node a's half; a third request on a is
+    // refused although the team has only two in flight, and b still has
+    // its own half.
+    let mut body: serde_json::Value = serde_json::from_str(&body()).unwrap();
+    body["stream"] = json!(true);
+    let slow = post(
+        "/v1/chat/completions",
+        body.to_string().as_bytes(),
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-mock-chunks", "3"),
+            ("x-mock-delay-ms", "700"),
+        ],
+    );
+    let (mut first, mut second) = (a.connect(), a.connect());
+    first.send(&slow);
+    let (head, _events) = first.sse();
+    assert_eq!(head.status, 200);
+    second.send(&slow);
+    let (head, _more) = second.sse();
+    assert_eq!(head.status, 200);
+    assert_eq!(ask(a.addr), (429, Some("rate_limit_exceeded".into())));
+    assert_eq!(ask(b.addr).0, 200);
 }
 
 #[test]
