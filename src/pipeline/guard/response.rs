@@ -363,7 +363,8 @@ impl GuardFilter {
                         indexes.push((*k, v));
                     }
                 }
-                ([f], Scalar::String) if f.is("finish_reason") => finished.push(*k),
+                // `""` (some servers send it on every chunk) is no finish.
+                ([f], Scalar::String) if f.is("finish_reason") && r.len() > 2 => finished.push(*k),
                 _ => {}
             }
         });
@@ -397,10 +398,16 @@ impl GuardFilter {
         let mut at = 0;
         let mut text_out = std::mem::take(&mut self.text_out);
         let mut synthetic = Vec::new();
-        for (k, j, r) in texts {
+        for (n, (k, j, r)) in texts.iter().enumerate() {
             let text = json::decode(&payload[r.clone()]).ok_or_else(deny_error)?;
             let index = parts.index_of(*k);
             let tool = j.map(|j| parts.tool_index_of(*k, j));
+            // A later call of the same choice in this event ends this one:
+            // its tail goes out here, ahead of the next call's text.
+            let ended_by_next_call = tool.is_some()
+                && texts[n + 1..].iter().any(|(k2, j2, _)| {
+                    k2 == k && j2.is_some_and(|j2| Some(parts.tool_index_of(*k, j2)) != tool)
+                });
             let opened = self.channels.len();
             let c = self.channel(index, tool)?;
             if tool.is_some() && c == opened {
@@ -418,7 +425,7 @@ impl GuardFilter {
                 self.text_out = text_out;
                 return Err(e);
             }
-            if finished.contains(k) {
+            if finished.contains(k) || ended_by_next_call {
                 self.flush(scratch, c, &mut text_out);
             } else {
                 self.count_stream(c);
@@ -740,8 +747,9 @@ pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["e
         (content, args, finishes)
     }
 
-    #[test]
-    fn tool_call_arguments_are_masked_across_events_and_calls() {
+    /// `events` through the answer filter of CONFIG's policy, then
+    /// [`finish`](AnswerFilter::finish): what the client receives.
+    fn through_filter(events: &[Vec<u8>]) -> Vec<u8> {
         let cfg = crate::config::parse_str(CONFIG, std::path::Path::new(".")).expect("config");
         let snapshot = crate::config::snapshot::Snapshot::build(&cfg, CONFIG).expect("snapshot");
         let guard = snapshot.guard.as_deref().expect("guard");
@@ -752,6 +760,16 @@ pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["e
             .expect("allowed")
             .filter
             .expect("answers are scanned");
+        let mut out = Vec::new();
+        for e in events {
+            filter.events(e, &mut out).expect("passes");
+        }
+        filter.finish(&mut out).expect("passes");
+        out
+    }
+
+    #[test]
+    fn tool_call_arguments_are_masked_across_events_and_calls() {
         // Content first, then call 0 with an email split over three
         // events, then call 1 (an IBAN split), the finish in an event of
         // its own: as servers stream parallel tool calls.
@@ -769,11 +787,7 @@ pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["e
             chunk(serde_json::json!({"index": 0, "delta": {}, "finish_reason": "tool_calls"})),
             b"data: [DONE]\n\n".to_vec(),
         ];
-        let mut out = Vec::new();
-        for e in &events {
-            filter.events(e, &mut out).expect("passes");
-        }
-        filter.finish(&mut out).expect("passes");
+        let out = through_filter(&events);
         let (content, args, finishes) = accumulate(&out);
         assert_eq!(content, "Mailing jan@exa");
         assert_eq!(args, [r#"{"to": "[EMAIL]"}"#, r#"{"iban": "[IBAN]"}"#]);
@@ -784,6 +798,63 @@ pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["e
         let first_iban = text.find("iban").expect("call 1");
         assert!(text[..first_iban].contains("[EMAIL]"), "{text}");
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+
+    #[test]
+    fn calls_sharing_an_event_keep_their_order() {
+        // Two calls in one chunk (as some servers send them), the first
+        // complete: its tail must not overtake its head and its id.
+        let both = serde_json::json!({"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
+            {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{\"to\": \"jan@exa"}}
+        ]}, "finish_reason": null});
+        let events = [
+            chunk(both),
+            chunk(call(1, "mple.nl\"}")),
+            chunk(serde_json::json!({"index": 0, "delta": {}, "finish_reason": "tool_calls"})),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        let out = through_filter(&events);
+        let (_, args, _) = accumulate(&out);
+        assert_eq!(args, [r#"{"a": 1}"#, r#"{"to": "[EMAIL]"}"#]);
+        // The first event the client gets is the chunk with call a's id.
+        let first = split_events(&out).next().expect("an event");
+        assert!(
+            String::from_utf8_lossy(first).contains("call_a"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[test]
+    fn a_character_split_by_the_hold_back_arrives_whole() {
+        let content = |t: &str| {
+            chunk(serde_json::json!({"index": 0, "delta": {"content": t}, "finish_reason": null}))
+        };
+        // Each piece ends two bytes into the next character's bytes.
+        let events = [
+            content("caf\u{e9}s "),
+            content("na\u{ef}ve \u{1f600}"),
+            content("x \u{e9}t\u{e9}"),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        let out = through_filter(&events);
+        let (text, _, _) = accumulate(&out);
+        assert_eq!(text, "caf\u{e9}s na\u{ef}ve \u{1f600}x \u{e9}t\u{e9}");
+    }
+
+    #[test]
+    fn an_empty_finish_reason_is_no_finish() {
+        let piece = |t: &str| {
+            chunk(serde_json::json!({"index": 0, "delta": {"content": t}, "finish_reason": ""}))
+        };
+        let events = [
+            piece("write to jan@exa"),
+            piece("mple.nl today"),
+            b"data: [DONE]\n\n".to_vec(),
+        ];
+        let (text, _, _) = accumulate(&through_filter(&events));
+        assert_eq!(text, "write to [EMAIL] today");
     }
 
     #[test]

@@ -84,7 +84,12 @@ impl TextStream {
         if decided_len <= rel {
             return;
         }
-        let h = scanner.open_start(&self.buf[..decided_len], rel);
+        let mut h = scanner.open_start(&self.buf[..decided_len], rel);
+        // Never release half a character: the hold classes are ASCII, so
+        // the cut can fall inside a multi-byte one.
+        while h > rel && self.buf[h] & 0xC0 == 0x80 {
+            h -= 1;
+        }
         if h <= rel {
             return;
         }
