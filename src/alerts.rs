@@ -64,11 +64,20 @@ fn deliver(alert: &Alert) {
 fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     let parsed = crate::config::parse_http_url(url).map_err(invalid)?;
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))?
-        .next()
-        .ok_or_else(|| invalid(format!("{} has no address", parsed.host)))?;
     let timeout = Duration::from_secs(5);
-    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    // Every address the name has (`localhost` may be ::1 first), in order.
+    let mut last = invalid(format!("{} has no address", parsed.host));
+    let mut connected = None;
+    for addr in std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))? {
+        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = connected.ok_or(last)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let path = url
