@@ -94,70 +94,8 @@ fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The integration tests' certificate authority (rcgen), shared with the
+/// unit tests here.
 #[cfg(test)]
-pub(crate) mod test_pki {
-    //! Certificates for unit tests, made with rcgen.
-    use std::path::PathBuf;
-
-    /// A CA and leaf certificates it signs, as PEM files in a temp folder.
-    pub struct Pki {
-        pub dir: PathBuf,
-        pub ca_pem: PathBuf,
-        issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    }
-
-    impl Pki {
-        pub fn new(tag: &str) -> Pki {
-            let dir =
-                std::env::temp_dir().join(format!("sluice-tls-unit-{}-{tag}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, "sluice unit CA");
-            let issuer =
-                rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                    .unwrap();
-            let ca_pem = dir.join("ca.pem");
-            std::fs::write(&ca_pem, issuer.pem()).unwrap();
-            Pki {
-                dir,
-                ca_pem,
-                issuer,
-            }
-        }
-
-        /// A leaf for localhost / 127.0.0.1: (cert path, key path).
-        pub fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params =
-                rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-                    .unwrap();
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            let (c, k) = (
-                self.path(&format!("{name}.crt")),
-                self.path(&format!("{name}.key")),
-            );
-            std::fs::write(&c, cert.pem()).unwrap();
-            std::fs::write(&k, key.serialize_pem()).unwrap();
-            (c, k)
-        }
-
-        pub fn path(&self, file: &str) -> PathBuf {
-            self.dir.join(file)
-        }
-
-        pub fn write(&self, file: &str, text: &str) -> PathBuf {
-            let p = self.path(file);
-            std::fs::write(&p, text).unwrap();
-            p
-        }
-    }
-
-    impl Drop for Pki {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+#[path = "../../tests/common/pki.rs"]
+pub(crate) mod test_pki;

@@ -146,11 +146,11 @@ mod tests {
     #[test]
     fn loads_a_certificate_and_its_key() {
         let pki = Pki::new("server-ok");
-        let (cert, key) = pki.leaf("a");
+        let (cert, key, _) = pki.issue("a");
         let tls = ServerTls::load(&cert, &key).unwrap();
         assert_eq!(tls.fingerprint.len(), 64);
         assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        let (cert_b, _) = pki.leaf("b");
+        let (cert_b, _, _) = pki.issue("b");
         let mismatch = ServerTls::load(&cert_b, &key).unwrap_err();
         assert!(
             matches!(mismatch, TlsError::KeyMismatch { .. }),
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn names_the_file_and_what_is_wrong() {
         let pki = Pki::new("server-bad");
-        let (cert, key) = pki.leaf("a");
+        let (cert, key, _) = pki.issue("a");
         let missing = pki.path("missing.pem");
         let e = ServerTls::load(&missing, &key).unwrap_err();
         assert!(matches!(e, TlsError::Cert { .. }), "{e:?}");
@@ -188,7 +188,7 @@ mod tests {
     fn ca_files_must_hold_usable_certificates() {
         let pki = Pki::new("ca");
         assert!(crate::tls::client::load_ca_file(&pki.ca_pem).is_ok());
-        let (_, key) = pki.leaf("a");
+        let (_, key, _) = pki.issue("a");
         let e = crate::tls::client::load_ca_file(&key).unwrap_err();
         assert!(matches!(e, TlsError::CaFile { .. }), "{e:?}");
         let garbage = pki.write(

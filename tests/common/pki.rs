@@ -1,9 +1,10 @@
 //! A test certificate authority made with rcgen: the CA and the leaf
 //! certificates it signs, as PEM files in a temp folder (removed on drop).
-//! Used by the TLS tests (gateway, upstream) and the cluster's TLS to Redis.
+//! Used by the TLS tests (gateway, upstream), the cluster's TLS to Redis,
+//! the https webhook, and (through `#[path]`) the unit tests of `src/tls`.
 
-use super::temp_path;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A test CA and the leaf certificates it signs, as PEM files.
 pub struct Pki {
@@ -14,7 +15,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(name: &str) -> Pki {
-        let dir = temp_path(&format!("pki-{name}"), "d");
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-pki-{}-{name}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -48,6 +54,18 @@ impl Pki {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k, cert.der().to_vec())
+    }
+}
+
+impl Pki {
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.path(file);
+        std::fs::write(&p, text).unwrap();
+        p
     }
 }
 
