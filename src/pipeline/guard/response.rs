@@ -402,21 +402,21 @@ impl GuardFilter {
             let text = json::decode(&payload[r.clone()]).ok_or_else(deny_error)?;
             let index = parts.index_of(*k);
             let tool = j.map(|j| parts.tool_index_of(*k, j));
-            // A later call of the same choice in this event ends this one:
-            // its tail goes out here, ahead of the next call's text.
-            let ended_by_next_call = tool.is_some()
-                && texts[n + 1..].iter().any(|(k2, j2, _)| {
-                    k2 == k && j2.is_some_and(|j2| Some(parts.tool_index_of(*k, j2)) != tool)
-                });
+            // A later call of the same choice in this event ends this text
+            // (the content, or an earlier call): its tail goes out here,
+            // ahead of the next call's text.
+            let ended_by_next_call = texts[n + 1..].iter().any(|(k2, j2, _)| {
+                k2 == k && j2.is_some_and(|j2| Some(parts.tool_index_of(*k, j2)) != tool)
+            });
             let opened = self.channels.len();
             let c = self.channel(index, tool)?;
             if tool.is_some() && c == opened {
-                // Tool calls stream one after the other: a new one ends
-                // the earlier calls' arguments.
+                // Tool calls stream one after the other, after the
+                // content: a new one ends the content and earlier calls.
                 self.flush_before(
                     scratch,
                     payload,
-                    |ch| ch.index == index && ch.tool.is_some() && ch.tool != tool,
+                    |ch| ch.index == index && ch.tool != tool,
                     &mut synthetic,
                 );
             }
@@ -794,6 +794,9 @@ pii = { default_policy = "p", policies = { p = { action = "mask", entities = ["e
         assert_eq!(finishes, ["tool_calls"]);
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains(r#""id":"call_a""#), "{text}");
+        // The content's held tail is out before the first call begins.
+        let call_a = text.find("call_a").expect("call a");
+        assert!(text[..call_a].contains("exa"), "{text}");
         // Call 0's held text is out before call 1 begins.
         let first_iban = text.find("iban").expect("call 1");
         assert!(text[..first_iban].contains("[EMAIL]"), "{text}");
