@@ -22,9 +22,9 @@ use std::hint::black_box;
 /// Every built-in entity.
 const ALL: &[&str] = sluice::config::BUILTIN_PII_ENTITIES;
 
-/// The reference configuration's data-protection sections: mask over every
-/// built-in entity, prompt-injection blocking and one deny pattern.
-const CONFIG: &str = r#"
+/// `loadtest/compare.sh`'s `[pii]` section: mask, every entity,
+/// `scan_responses`, no `[safety]`.
+const SMALL: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 
@@ -33,21 +33,34 @@ name = "a"
 url = "http://127.0.0.1:1"
 
 [[models]]
-name = "llama-3.1-8b"
+name = "bench-model"
 targets = [{ upstream = "a" }]
 
 [pii]
-default_policy = "standard"
+default_policy = "all"
 
-[pii.policies.standard]
+[pii.policies.all]
 action = "mask"
 entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
 scan_responses = true
-
-[safety]
-prompt_injection = "block"
-deny_patterns = ["(?i)build (a|an) (bomb|explosive)"]
 "#;
+
+/// The reference configuration's data-protection sections: SMALL's mask
+/// over every built-in entity, with prompt-injection blocking and one deny
+/// pattern.
+fn full_config() -> String {
+    format!(
+        "{SMALL}\n[safety]\nprompt_injection = \"block\"\ndeny_patterns = [\"(?i)build (a|an) (bomb|explosive)\"]\n"
+    )
+}
+
+/// The snapshot of `config` and a worker's guard state for it.
+fn guard_snapshot(config: &str) -> (Snapshot, GuardWorker) {
+    let cfg = parse_str(config, std::path::Path::new(".")).expect("config");
+    let snapshot = Snapshot::build(&cfg, config).expect("snapshot");
+    let gw = GuardWorker::new(snapshot.guard.as_deref());
+    (snapshot, gw)
+}
 
 /// Ordinary prose: numbers, dates, times and prices, but nothing personal.
 const SENTENCES: &[&str] = &[
@@ -286,10 +299,8 @@ fn cpu_summary(_: &mut Criterion) {
             1.0 / d
         );
     }
-    let cfg = parse_str(CONFIG, std::path::Path::new(".")).expect("config");
-    let snapshot = Snapshot::build(&cfg, CONFIG).expect("snapshot");
+    let (snapshot, gw) = guard_snapshot(&full_config());
     let guard = snapshot.guard.as_deref().expect("guard configured");
-    let gw = GuardWorker::new(Some(guard));
     const N: usize = 5_000;
     for (name, with_findings) in [("chat_4KiB_3_findings", true), ("chat_4KiB_clean", false)] {
         let body = chat_request(with_findings);
@@ -303,7 +314,7 @@ fn cpu_summary(_: &mut Criterion) {
         });
         eprintln!("  request/{name}: {:.2} us", t / N as f64 * 1e6);
     }
-    let (small, gw) = small_guard();
+    let (small, gw) = guard_snapshot(SMALL);
     let snapshot_guard = small.guard.as_deref().expect("guard configured");
     let r = best_cpu(9, || {
         for _ in 0..N {
@@ -427,10 +438,8 @@ fn chat_request(with_findings: bool) -> Vec<u8> {
 }
 
 fn bench_request(c: &mut Criterion) {
-    let cfg = parse_str(CONFIG, std::path::Path::new(".")).expect("config");
-    let snapshot = Snapshot::build(&cfg, CONFIG).expect("snapshot");
+    let (snapshot, gw) = guard_snapshot(&full_config());
     let guard = snapshot.guard.as_deref().expect("guard configured");
-    let gw = GuardWorker::new(Some(guard));
     let mut g = c.benchmark_group("request");
     for (name, with_findings) in [("chat_4KiB_3_findings", true), ("chat_4KiB_clean", false)] {
         let body = chat_request(with_findings);
@@ -462,40 +471,10 @@ fn bench_request(c: &mut Criterion) {
     g.finish();
 }
 
-/// `loadtest/compare.sh`'s `[pii]` section: mask, every entity,
-/// `scan_responses`, no `[safety]`.
-const SMALL: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "a"
-url = "http://127.0.0.1:1"
-
-[[models]]
-name = "bench-model"
-targets = [{ upstream = "a" }]
-
-[pii]
-default_policy = "all"
-
-[pii.policies.all]
-action = "mask"
-entities = ["email", "phone", "iban", "credit_card", "bsn", "ssn", "ipv4", "ipv6", "secret"]
-scan_responses = true
-"#;
-
 /// compare.sh's request (229 bytes, one email) and the upstream's answer
 /// (283 bytes).
 const SMALL_BODY: &[u8] = br#"{"model":"bench-model","messages":[{"role":"user","content":"Tell anna@example.org, briefly, why a gateway placed in front of a language model should add as little latency as possible to each request it forwards upstream, ok?"}]}"#;
 const SMALL_ANSWER: &[u8] = br#"{"id":"chatcmpl-nginx","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
-
-fn small_guard() -> (Snapshot, GuardWorker) {
-    let cfg = parse_str(SMALL, std::path::Path::new(".")).expect("config");
-    let snapshot = Snapshot::build(&cfg, SMALL).expect("snapshot");
-    let gw = GuardWorker::new(snapshot.guard.as_deref());
-    (snapshot, gw)
-}
 
 /// The guard's share of one compare.sh request: the request side, and
 /// with `answer` the answer filter too.
@@ -516,7 +495,7 @@ fn small_request(guard: &Guard, gw: &GuardWorker, answer: bool) {
 /// What one small chat request costs the guard, request side and answer
 /// side (the case of `loadtest/compare.sh`).
 fn bench_small(c: &mut Criterion) {
-    let (snapshot, gw) = small_guard();
+    let (snapshot, gw) = guard_snapshot(SMALL);
     let guard = snapshot.guard.as_deref().expect("guard configured");
     let inspection = guard
         .inspect_request(&gw, None, SMALL_BODY)
