@@ -130,7 +130,7 @@ fn hnsw_search(c: &mut Criterion) {
     let queries: Vec<Vec<f32>> = (0..64).map(|i| vector(ENTRIES + i, DIMS)).collect();
     let mut group = c.benchmark_group("cache");
     for &(name, kind) in kinds {
-        let index = cache::semantic::index_with(DIMS, kind).unwrap();
+        let index = cache::semantic::index_with(DIMS, kind, 0).unwrap();
         index.reserve(ENTRIES as usize).unwrap();
         for label in 0..ENTRIES {
             index.add(label, &vector(label, DIMS)).unwrap();
@@ -187,14 +187,7 @@ fn graph_sweep(
     expansions: &[usize],
 ) {
     for &(name, quantization, connectivity) in settings {
-        let index = usearch::Index::new(&usearch::IndexOptions {
-            dimensions: DIMS,
-            metric: usearch::MetricKind::Cos,
-            quantization,
-            connectivity,
-            ..Default::default()
-        })
-        .unwrap();
+        let index = cache::semantic::index_with(DIMS, quantization, connectivity).unwrap();
         index.reserve(ENTRIES as usize).unwrap();
         for label in 0..ENTRIES {
             index.add(label, &vector(label, DIMS)).unwrap();

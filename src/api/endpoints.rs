@@ -68,7 +68,7 @@ pub async fn local_json(
     status: u16,
     body: &[u8],
 ) -> Outcome {
-    let keep_alive = req.keep_alive && !worker.is_draining();
+    let keep_alive = worker.keep_alive(req.keep_alive);
     io.wbuf.clear();
     response::json(&mut io.wbuf, status, &io.request_id, keep_alive, &[], body);
     let written = write_all_clear(&mut io.stream, &mut io.wbuf).await.is_ok();

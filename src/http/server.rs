@@ -151,7 +151,7 @@ async fn serve_requests(mut worker: Rc<Worker>, stream: ClientStream, peer: std:
             raw: &rbuf,
             body,
             started,
-            keep_alive: head.keep_alive && !worker.is_draining(),
+            keep_alive: worker.keep_alive(head.keep_alive),
             peer,
         };
         let outcome = {
@@ -324,7 +324,7 @@ pub async fn reply_error(
         worker.metrics.client_error(shape.reason);
     }
     let body = err.body();
-    let keep_alive = keep_alive && !worker.is_draining();
+    let keep_alive = worker.keep_alive(keep_alive);
     let headers = err.headers();
     let extra: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
     io.wbuf.clear();

@@ -466,7 +466,7 @@ async fn answer_from_cache(
     stream: bool,
     limit_headers: &[u8],
 ) -> relay::Relayed {
-    let keep_alive = req.keep_alive && !worker.is_draining();
+    let keep_alive = worker.keep_alive(req.keep_alive);
     io.wbuf.clear();
     cache::hit_response(
         &mut io.wbuf,

@@ -572,7 +572,7 @@ impl Relay<'_> {
                 );
             }
         }
-        let keep_alive = req.keep_alive && !self.worker.is_draining();
+        let keep_alive = self.worker.keep_alive(req.keep_alive);
         response::common_headers(
             &mut io.wbuf,
             &io.request_id,
@@ -614,7 +614,7 @@ impl Relay<'_> {
         let filtering = is_success(head.status) && !filters.is_empty();
         let mut filtered = Vec::new();
         let chunked = !req.head.http10;
-        let keep_alive = chunked && req.keep_alive && !self.worker.is_draining();
+        let keep_alive = chunked && self.worker.keep_alive(req.keep_alive);
         let frame = |out: &mut Vec<u8>, bytes: &[u8]| {
             if chunked {
                 encode_chunk(out, bytes);

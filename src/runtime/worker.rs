@@ -133,6 +133,14 @@ impl Worker {
         self.shared.is_draining()
     }
 
+    /// Whether a connection whose request `asked` for keep-alive stays
+    /// open after this answer: not once the drain began. Asked again when
+    /// each answer is written, since a drain can begin after the request
+    /// was read.
+    pub fn keep_alive(&self, asked: bool) -> bool {
+        asked && !self.is_draining()
+    }
+
     /// A new request id: unique per process start, worker and request.
     pub fn next_request_id(&self, out: &mut Vec<u8>) {
         let home = &self.home;

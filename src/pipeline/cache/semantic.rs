@@ -438,16 +438,22 @@ impl Thread {
 /// f16 (half the memory of f32; similarity error around 1e-3), usearch's
 /// default connectivity and expansion.
 pub fn new_index(dimensions: usize) -> Option<usearch::Index> {
-    index_with(dimensions, usearch::ScalarKind::F16)
+    index_with(dimensions, usearch::ScalarKind::F16, 0)
 }
 
-/// An empty cosine index storing vectors as `quantization` (the bench
-/// compares them).
-pub fn index_with(dimensions: usize, quantization: usearch::ScalarKind) -> Option<usearch::Index> {
+/// An empty cosine index storing vectors as `quantization`, with
+/// `connectivity` links per node (0: usearch's default); the bench
+/// compares them.
+pub fn index_with(
+    dimensions: usize,
+    quantization: usearch::ScalarKind,
+    connectivity: usize,
+) -> Option<usearch::Index> {
     let options = usearch::IndexOptions {
         dimensions,
         metric: usearch::MetricKind::Cos,
         quantization,
+        connectivity,
         ..Default::default()
     };
     usearch::Index::new(&options).ok()

@@ -48,11 +48,7 @@ pub struct GuardFilter {
     scan: bool,
     mask: bool,
     action: &'static str,
-    pseudonyms: Vec<(Vec<u8>, String)>,
-    /// The same with each value escaped for a JSON string: tool-call
-    /// arguments are a JSON document, and a placeholder in them stands
-    /// inside a string literal.
-    pseudonyms_in_json: Vec<(Vec<u8>, String)>,
+    pseudonyms: Restored,
     deny: bool,
     scratch: Rc<RefCell<Option<Scratch>>>,
     metrics: Rc<GuardMetrics>,
@@ -128,8 +124,7 @@ impl GuardFilter {
             scan,
             mask,
             action: if mask { "mask" } else { "monitor" },
-            pseudonyms_in_json: escaped_for_json(&pseudonyms.map),
-            pseudonyms: pseudonyms.map,
+            pseudonyms: Restored::new(pseudonyms.map),
             deny: guard.has_deny,
             scratch: gw.scratch.clone(),
             metrics: gw.metrics.clone(),
@@ -199,12 +194,7 @@ impl GuardFilter {
         } else {
             text
         };
-        let map = if in_json {
-            &self.pseudonyms_in_json
-        } else {
-            &self.pseudonyms
-        };
-        restore(map, text, out);
+        restore(self.pseudonyms.values(in_json), text, out);
         self.findings = findings;
         self.masked = masked;
         Ok(())
@@ -244,8 +234,8 @@ impl GuardFilter {
         piece: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), GatewayError> {
-        let choice = &mut self.channels[c];
-        if let Some(stream) = &choice.deny {
+        let channel = &mut self.channels[c];
+        if let Some(stream) = &channel.deny {
             let mut hit = false;
             let _ = stream.scan(piece, scratch, |_, _, _, _| {
                 hit = true;
@@ -260,18 +250,14 @@ impl GuardFilter {
         released.clear();
         if self.scan {
             let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
-            choice
+            channel
                 .text
                 .push(&self.scanner, scratch, piece, rep, &mut released);
         } else {
             released.extend_from_slice(piece);
         }
-        let map = if choice.tool.is_some() {
-            &self.pseudonyms_in_json
-        } else {
-            &self.pseudonyms
-        };
-        choice.restore.push(map, &released, out);
+        let map = self.pseudonyms.values(channel.tool.is_some());
+        channel.restore.push(map, &released, out);
         self.released = released;
         Ok(())
     }
@@ -279,24 +265,20 @@ impl GuardFilter {
     /// The channel's text ended: release what was held. Flushing again
     /// releases nothing.
     fn flush(&mut self, scratch: &Scratch, c: usize, out: &mut Vec<u8>) {
-        let choice = &mut self.channels[c];
-        let map = if choice.tool.is_some() {
-            &self.pseudonyms_in_json
-        } else {
-            &self.pseudonyms
-        };
+        let channel = &mut self.channels[c];
+        let map = self.pseudonyms.values(channel.tool.is_some());
         let mut released = Vec::new();
         if self.scan {
             let rep: &mut dyn Replace = if self.mask { &mut Mask } else { &mut Keep };
-            choice
+            channel
                 .text
                 .finish(&self.scanner, scratch, rep, &mut released);
-            let found = std::mem::take(&mut choice.text.found);
-            choice.restore.push(map, &released, out);
-            choice.restore.finish(map, out);
+            let found = std::mem::take(&mut channel.text.found);
+            channel.restore.push(map, &released, out);
+            channel.restore.finish(map, out);
             self.count(&found);
         } else {
-            choice.restore.finish(map, out);
+            channel.restore.finish(map, out);
         }
     }
 
@@ -509,16 +491,37 @@ impl Drop for GuardFilter {
     }
 }
 
-/// `map` with each value as it must appear inside a JSON string literal.
-fn escaped_for_json(map: &[(Vec<u8>, String)]) -> Vec<(Vec<u8>, String)> {
-    map.iter()
-        .map(|(placeholder, value)| {
-            let mut quoted = Vec::with_capacity(value.len() + 2);
-            json::push_text(&mut quoted, value.as_bytes());
-            let inner = String::from_utf8_lossy(&quoted[1..quoted.len() - 1]).into_owned();
-            (placeholder.clone(), inner)
-        })
-        .collect()
+/// The request's pseudonyms (placeholder, client's value), as they are put
+/// back into text, and with each value escaped for a JSON string: tool-call
+/// arguments are a JSON document, and a placeholder in them stands inside
+/// a string literal.
+struct Restored {
+    plain: Vec<(Vec<u8>, String)>,
+    in_json: Vec<(Vec<u8>, String)>,
+}
+
+impl Restored {
+    fn new(plain: Vec<(Vec<u8>, String)>) -> Self {
+        let in_json = plain
+            .iter()
+            .map(|(placeholder, value)| {
+                let mut quoted = Vec::with_capacity(value.len() + 2);
+                json::push_text(&mut quoted, value.as_bytes());
+                let inner = String::from_utf8_lossy(&quoted[1..quoted.len() - 1]).into_owned();
+                (placeholder.clone(), inner)
+            })
+            .collect();
+        Self { plain, in_json }
+    }
+
+    /// The map for a text that is (`in_json`) or is not tool-call arguments.
+    fn values(&self, in_json: bool) -> &[(Vec<u8>, String)] {
+        if in_json {
+            &self.in_json
+        } else {
+            &self.plain
+        }
+    }
 }
 
 /// The `data:` payload of an event and its range in the event.
