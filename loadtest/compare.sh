@@ -400,6 +400,14 @@ render_ports() {
         sed -e "s/@UP@/$UPSTREAM_PORT/g" -e "s/@PX@/$PROXY_PORT/g" -e "s/@SL@/$SLUICE_PORT/g" -e "s/@SM@/$SLUICE_METRICS_PORT/g"
 }
 
+# track_started LOG: the process just started in the background is the
+# one to wait for and stop; LOG is where it writes.
+track_started() {
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_LOG=$1
+}
+
 # start_nginx NAME CONF CPU  -> sets STARTED_PID
 start_nginx() {
     local name=$1 conf=$2 cpu=$3 prefix=$TMP/$1
@@ -409,9 +417,7 @@ start_nginx() {
         die "nginx config for $name is invalid: $(cat "$prefix/logs/test.log")"
     taskset -c "$cpu" nginx -c "$prefix/nginx.conf" -p "$prefix/" -e "$prefix/logs/error.log" -g 'daemon off;' \
         >"$prefix/logs/stdout.log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    STARTED_LOG=$prefix/logs/error.log
+    track_started "$prefix/logs/error.log"
 }
 
 # start_sluice TARGET: sluice-pii adds the [pii] section; sluice-all and
@@ -451,9 +457,7 @@ scan_responses = true
 EOF
     fi
     taskset -c "$PROXY_CPU" "$SLUICE_BIN" serve --config "$dir/sluice.toml" >"$dir/sluice.log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    STARTED_LOG=$dir/sluice.log
+    track_started "$dir/sluice.log"
 }
 
 # LiteLLM proxy, one uvicorn process, no master key, no database, no access
@@ -467,9 +471,7 @@ start_litellm() {
         LITELLM_LOCAL_MODEL_COST_MAP=True exec taskset -c "$PROXY_CPU" "${LITELLM_CMD[@]}" --config "$dir/litellm.yaml" \
             --host 127.0.0.1 --port "$LITELLM_PORT" --num_workers 1 --log_config "$LITELLM_LOG_CONFIG"
     ) >"$dir/litellm.log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    STARTED_LOG=$dir/litellm.log
+    track_started "$dir/litellm.log"
 }
 
 # Portkey gateway on Node.js, one process, `--headless` (no log UI).
@@ -480,9 +482,7 @@ start_portkey() {
         cd "$dir"
         exec taskset -c "$PROXY_CPU" "$NODE_BIN" "$PORTKEY_DIR/$PORTKEY_SCRIPT_REL" --port="$PORTKEY_PORT" --headless
     ) >"$dir/portkey.log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    STARTED_LOG=$dir/portkey.log
+    track_started "$dir/portkey.log"
 }
 
 # wait_ready NAME URL PID LOG [TIMEOUT]
