@@ -4,6 +4,7 @@
 //! and logs it: alerts never slow a worker. `https://` webhooks go over
 //! rustls with the system's CA certificates.
 
+use crate::tls::client::SystemRoots;
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
@@ -24,8 +25,10 @@ fn queue() -> &'static SyncSender<Alert> {
         let _ = std::thread::Builder::new()
             .name("sluice-alerts".into())
             .spawn(move || {
+                // Loaded on the first https alert, then kept.
+                let mut roots = SystemRoots::default();
                 for alert in rx {
-                    deliver(&alert);
+                    deliver(&alert, &mut roots);
                 }
             });
         tx
@@ -45,10 +48,10 @@ pub fn send(url: &str, payload: serde_json::Value) {
     }
 }
 
-fn deliver(alert: &Alert) {
+fn deliver(alert: &Alert, roots: &mut SystemRoots) {
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
-        match post(&alert.url, &alert.body) {
+        match post(&alert.url, &alert.body, roots) {
             Ok(status) if (200..300).contains(&status) => return,
             Ok(status) => tracing::warn!(attempt, status, "alert webhook refused the alert"),
             Err(e) => tracing::warn!(attempt, error = %e, "alert webhook unreachable"),
@@ -61,7 +64,7 @@ fn deliver(alert: &Alert) {
     tracing::error!(url = %alert.url, "alert not delivered after {ATTEMPTS} attempts");
 }
 
-fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
+fn post(url: &str, body: &[u8], roots: &mut SystemRoots) -> std::io::Result<u16> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
     let parsed = crate::config::parse_http_url(url).map_err(invalid)?;
     let timeout = Duration::from_secs(5);
@@ -95,12 +98,8 @@ fn post(url: &str, body: &[u8]) -> std::io::Result<u16> {
     }
     // The system's CA certificates (or `SSL_CERT_FILE`), as for upstreams
     // without a `ca_file`: chat and incident webhooks are public https.
-    let tls = crate::tls::UpstreamTls::new(
-        &parsed.host,
-        None,
-        &mut crate::tls::client::SystemRoots::default(),
-    )
-    .map_err(|e| invalid(e.to_string()))?;
+    let tls = crate::tls::UpstreamTls::new(&parsed.host, None, roots)
+        .map_err(|e| invalid(e.to_string()))?;
     let session = tls.blocking().map_err(std::io::Error::other)?;
     exchange(
         rustls::StreamOwned::new(session, stream),
